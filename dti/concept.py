@@ -1,0 +1,130 @@
+"""The Concept record: what a learned (or loaded) embedding is, per text encoder.
+
+A row is stored as direction × norm. For a DTI concept every row of an encoder has norm m*; an
+ordinary TI embedding loaded from disk keeps its own per-row norms until it is rescaled.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import torch
+
+from . import sphere
+
+# Encoder keys used throughout the pack (and as safetensors keys, see formats.py).
+ENCODER_KEYS = ("clip_l", "clip_g", "gemma")
+
+# What a width usually belongs to, for error messages about mismatched files.
+WIDTH_HINTS: dict[int, str] = {
+    768: "CLIP-L (SD1.x, or SDXL's first encoder)",
+    1024: "OpenCLIP-H (SD2.x)",
+    1280: "CLIP-G (SDXL's second encoder)",
+    2304: "Gemma-2-2B (Lumina 2 / SANA)",
+    2560: "Gemma-3-4B",
+    4096: "T5-XXL",
+}
+
+
+def describe_width(width: int) -> str:
+    return WIDTH_HINTS.get(int(width), f"an encoder of width {width}")
+
+
+@dataclass
+class EncoderConcept:
+    """One encoder's rows: unit directions (n, d), per-row norms (n,), the prior mean μ (n, d)."""
+
+    directions: torch.Tensor
+    norms: torch.Tensor
+    mu: torch.Tensor | None = None
+    m_star: float | None = None  # the encoder's target norm, when the rows were trained/rescaled to it
+    encoder_id: str | None = None  # e.g. "clip-l", "gemma-2-2b-it": a different id is another space
+    weights_hash: str | None = None
+
+    def __post_init__(self) -> None:
+        self.directions = self.directions.detach().to(torch.float32).cpu()
+        if self.directions.ndim == 1:
+            self.directions = self.directions.unsqueeze(0)
+        if self.directions.ndim != 2 or self.directions.shape[0] == 0:
+            raise ValueError(f"directions must be (n_vectors, width) with n ≥ 1, got {tuple(self.directions.shape)}")
+        self.norms = torch.as_tensor(self.norms, dtype=torch.float32).detach().cpu().reshape(-1)
+        if self.norms.numel() == 1 and self.directions.shape[0] > 1:
+            self.norms = self.norms.expand(self.directions.shape[0]).clone()
+        if self.norms.numel() != self.directions.shape[0]:
+            raise ValueError(f"{self.directions.shape[0]} directions but {self.norms.numel()} norms")
+        if not bool(torch.isfinite(self.directions).all()) or not bool(torch.isfinite(self.norms).all()):
+            raise ValueError("concept rows contain NaN or infinite values")
+        ok, reason = sphere.check_unit(self.directions, atol=1e-4)
+        if not ok:
+            raise ValueError(f"concept directions must be unit rows: {reason}")
+        if self.mu is not None:
+            self.mu = self.mu.detach().to(torch.float32).cpu().reshape(self.directions.shape)
+
+    @classmethod
+    def from_vectors(cls, vectors: torch.Tensor, **kwargs: Any) -> EncoderConcept:
+        vectors = vectors.detach().to(torch.float32).cpu()
+        if vectors.ndim == 1:
+            vectors = vectors.unsqueeze(0)
+        norms = torch.linalg.vector_norm(vectors, dim=-1)
+        if bool((norms <= 0).any()):
+            raise ValueError("an embedding row is all zeros: it has no direction")
+        return cls(directions=vectors / norms[:, None], norms=norms, **kwargs)
+
+    @property
+    def width(self) -> int:
+        return int(self.directions.shape[1])
+
+    @property
+    def n_vectors(self) -> int:
+        return int(self.directions.shape[0])
+
+    def vectors(self) -> torch.Tensor:
+        """The stored rows e = norm · v, fp32, shape (n, d)."""
+        return self.norms[:, None] * self.directions
+
+    def rescaled(self, m_star: float) -> EncoderConcept:
+        """Every row moved to norm m* (the paper's "TI-rescaled" when applied to a TI embedding)."""
+        if not (m_star > 0):
+            raise ValueError(f"target norm must be positive, got {m_star!r}")
+        return replace(self, norms=torch.full_like(self.norms, float(m_star)), m_star=float(m_star))
+
+    def is_fixed_norm(self, rtol: float = 1e-5) -> bool:
+        if self.m_star is None:
+            return False
+        return bool(torch.allclose(self.norms, torch.full_like(self.norms, self.m_star), rtol=rtol, atol=0))
+
+
+@dataclass
+class Concept:
+    """A named concept over one or more encoders, plus how it was made."""
+
+    name: str
+    encoders: dict[str, EncoderConcept]
+    method: str = "dti"  # dti | ti | ti_rescaled | crossinit | imported | slerp | mean
+    family: str | None = None  # sd1 | sdxl | lumina2 | sana
+    info: dict[str, Any] = field(default_factory=dict)  # κ, η, steps, initializer, seed, …
+
+    def __post_init__(self) -> None:
+        if not self.encoders:
+            raise ValueError("a concept needs at least one encoder's rows")
+        unknown = [k for k in self.encoders if k not in ENCODER_KEYS]
+        if unknown:
+            raise ValueError(f"unknown encoder keys {unknown}; known: {', '.join(ENCODER_KEYS)}")
+
+    @property
+    def n_vectors(self) -> int:
+        return max(e.n_vectors for e in self.encoders.values())
+
+    def vectors(self) -> dict[str, torch.Tensor]:
+        return {k: e.vectors() for k, e in self.encoders.items()}
+
+    def describe(self) -> str:
+        parts = []
+        for key, enc in self.encoders.items():
+            norms = ", ".join(f"{float(n):.4g}" for n in enc.norms[:4])
+            more = "…" if enc.n_vectors > 4 else ""
+            target = f", m* {enc.m_star:.4g}" if enc.m_star is not None else ""
+            parts.append(f"{key}: {enc.n_vectors}×{enc.width}, norms [{norms}{more}]{target}")
+        fam = f" [{self.family}]" if self.family else ""
+        return f"{self.name} ({self.method}){fam} — " + "; ".join(parts)

@@ -1,0 +1,429 @@
+"""Embedding files: the layouts the ecosystem reads, safe names, atomic writes, safe loading.
+
+Written files use the key layout stock loaders already understand, so `embedding:name` works in
+an ordinary CLIPTextEncode; everything DTI-specific lives in the safetensors metadata (never as an
+extra tensor: ComfyUI falls back to a file's *first* tensor for unknown key layouts).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import os
+import pickle
+import re
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import safetensors
+import safetensors.torch
+import torch
+
+from .concept import Concept, EncoderConcept, describe_width
+
+log = logging.getLogger("ComfyUI-DTI")
+
+FORMAT_NAME = "comfyui-dti"
+FORMAT_VERSION = 1
+EXTENSIONS = (".safetensors", ".pt", ".bin")
+
+
+class EmbeddingFileError(ValueError):
+    """A file that cannot be read or written as an embedding; the message names file and problem."""
+
+
+@dataclass(frozen=True)
+class SaveLayout:
+    """How a set of encoders is written: encoder key → tensor key in the file."""
+
+    name: str
+    keys: dict[str, str]
+
+
+# One row per family the pack writes. A stock loader looks up its own embedding key (clip_l,
+# clip_g) and otherwise takes the first tensor, which is why SD1.x files carry a single tensor.
+SAVE_LAYOUTS: tuple[SaveLayout, ...] = (
+    SaveLayout("sd1", {"clip_l": "emb_params"}),
+    SaveLayout("sdxl", {"clip_l": "clip_l", "clip_g": "clip_g"}),
+    SaveLayout("gemma", {"gemma": "gemma"}),
+)
+
+# Tensor keys that name their encoder outright, as other tools write them.
+NAMED_KEYS: dict[str, str] = {
+    "clip_l": "clip_l",
+    "clip_g": "clip_g",
+    "gemma": "gemma",  # OneTrainer
+    "gemma2_2b": "gemma",  # ComfyUI's name for the Lumina 2 encoder
+}
+# Keys whose encoder follows from the tensor's width.
+WIDTH_KEYS = ("emb_params", "emp_params")  # kohya / A1111-safetensors, OneTrainer
+WIDTH_TO_ENCODER: dict[int, str] = {768: "clip_l", 1280: "clip_g", 2304: "gemma"}
+
+
+def layout_for(encoder_keys: set[str] | frozenset[str]) -> SaveLayout:
+    for layout in SAVE_LAYOUTS:
+        if set(layout.keys) == set(encoder_keys):
+            return layout
+    raise EmbeddingFileError(
+        f"no file layout for the encoder set {sorted(encoder_keys)}; "
+        f"known: {', '.join('+'.join(sorted(lay.keys)) for lay in SAVE_LAYOUTS)}"
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Names and paths
+# --------------------------------------------------------------------------------------------
+
+_FORBIDDEN = re.compile(r'[<>:"/\\|?*\x00-\x1f]')
+
+
+def safe_name(name: str) -> str:
+    """The name as a file stem, or EmbeddingFileError saying why it cannot be one.
+
+    Refused: empty names, "." and "..", absolute paths, path separators, characters Windows
+    forbids, names starting with "." (hidden files) and names ending in "." or a space.
+    """
+    if not isinstance(name, str):
+        raise EmbeddingFileError(f"concept name must be text, got {type(name).__name__}")
+    stem = name.strip()
+    for ext in EXTENSIONS:
+        if stem.lower().endswith(ext):
+            stem = stem[: -len(ext)]
+    if not stem:
+        raise EmbeddingFileError("concept name is empty: give the concept a file name such as 'my_cat'")
+    if stem in (".", "..") or ".." in Path(stem).parts:
+        raise EmbeddingFileError(f"concept name {name!r} would leave the embeddings folder; use a plain name")
+    if os.path.isabs(stem) or "/" in stem or "\\" in stem:
+        raise EmbeddingFileError(
+            f"concept name {name!r} contains a path; use a plain name without '/' or '\\' "
+            "(files are always written to the embeddings folder)"
+        )
+    bad = sorted(set(_FORBIDDEN.findall(stem)))
+    if bad:
+        raise EmbeddingFileError(f"concept name {name!r} contains characters not allowed in file names: {bad!r}")
+    if stem.startswith("."):
+        raise EmbeddingFileError(f"concept name {name!r} starts with '.', which would hide the file")
+    if stem.endswith((".", " ")):
+        raise EmbeddingFileError(f"concept name {name!r} ends with '.' or a space")
+    if " " in stem:
+        # `embedding:` names end at the first space in ComfyUI prompts.
+        raise EmbeddingFileError(
+            f"concept name {name!r} contains a space; prompts could not refer to it as embedding:name. "
+            "Use '_' or '-' instead"
+        )
+    return stem
+
+
+def resolve_inside(folder: str | os.PathLike[str], relative: str) -> Path:
+    """folder/relative, refusing anything that resolves outside folder (symlinks included)."""
+    root = Path(folder).resolve()
+    target = (root / relative).resolve()
+    if os.path.commonpath([root, target]) != str(root):
+        raise EmbeddingFileError(f"{relative!r} resolves outside {root}; refusing to touch it")
+    return target
+
+
+def save_path_for(folder: str | os.PathLike[str], name: str, on_exists: str = "increment") -> Path:
+    """Where a concept called ``name`` is written; on_exists: increment | overwrite | error."""
+    stem = safe_name(name)
+    path = resolve_inside(folder, stem + ".safetensors")
+    if not path.exists() or on_exists == "overwrite":
+        return path
+    if on_exists == "error":
+        raise EmbeddingFileError(
+            f"{path.name} already exists in {path.parent}; pick another name or set 'if exists' to overwrite/increment"
+        )
+    if on_exists != "increment":
+        raise EmbeddingFileError(f"unknown on_exists policy {on_exists!r}: use increment, overwrite or error")
+    for i in range(2, 10000):
+        candidate = resolve_inside(folder, f"{stem}_{i}.safetensors")
+        if not candidate.exists():
+            return candidate
+    raise EmbeddingFileError(f"too many versions of {stem} in {path.parent}")
+
+
+# --------------------------------------------------------------------------------------------
+# Writing
+# --------------------------------------------------------------------------------------------
+
+
+def _b64(t: torch.Tensor) -> str:
+    return base64.b64encode(t.detach().to(torch.float32).contiguous().numpy().tobytes()).decode("ascii")
+
+
+def _unb64(text: str, shape: tuple[int, ...]) -> torch.Tensor:
+    raw = base64.b64decode(text.encode("ascii"))
+    return torch.frombuffer(bytearray(raw), dtype=torch.float32).reshape(shape).clone()
+
+
+def concept_metadata(concept: Concept) -> dict[str, str]:
+    encoders = {}
+    for key, enc in concept.encoders.items():
+        encoders[key] = {
+            "n_vectors": enc.n_vectors,
+            "width": enc.width,
+            "m_star": enc.m_star,
+            "encoder_id": enc.encoder_id,
+            "weights_hash": enc.weights_hash,
+            "mu_b64": _b64(enc.mu) if enc.mu is not None else None,
+        }
+    facts = {
+        "name": concept.name,
+        "method": concept.method,
+        "family": concept.family,
+        "encoders": encoders,
+        "info": concept.info,
+    }
+    return {
+        "format": FORMAT_NAME,
+        "format_version": str(FORMAT_VERSION),
+        "dti": json.dumps(facts, sort_keys=True, default=str),
+    }
+
+
+def concept_tensors(concept: Concept) -> dict[str, torch.Tensor]:
+    layout = layout_for(set(concept.encoders))
+    return {layout.keys[k]: concept.encoders[k].vectors().contiguous() for k in layout.keys}
+
+
+def save_concept(
+    concept: Concept, folder: str | os.PathLike[str], name: str | None = None, on_exists: str = "increment"
+) -> Path:
+    """Write atomically (temp file + rename) into folder, verify by reading it back, return the path."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = save_path_for(folder, name if name is not None else concept.name, on_exists)
+    tensors = concept_tensors(concept)
+    metadata = concept_metadata(concept)
+    fd, tmp_name = tempfile.mkstemp(prefix=".dti-", suffix=".tmp", dir=str(path.parent))
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        safetensors.torch.save_file(tensors, str(tmp), metadata=metadata)
+        back = safetensors.torch.load_file(str(tmp))
+        for key, t in tensors.items():
+            if key not in back or not torch.equal(back[key], t):
+                raise EmbeddingFileError(f"read-back of {path.name} failed for tensor {key!r}; nothing was saved")
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    loaded = load_embedding(path)
+    if set(loaded.vectors) != set(concept.encoders):
+        raise EmbeddingFileError(f"{path} did not read back with the encoders that were written")
+    log.info("ComfyUI-DTI: saved %s to %s", concept.describe(), path)
+    return path
+
+
+# --------------------------------------------------------------------------------------------
+# Reading
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class LoadedEmbedding:
+    path: Path
+    layout: str  # comfyui-dti | sdxl | kohya | onetrainer | a1111 | diffusers | diffusers-sdxl-pair
+    vectors: dict[str, torch.Tensor]  # encoder key → (n, d) fp32
+    metadata: dict[str, str] = field(default_factory=dict)
+    facts: dict[str, Any] | None = None  # parsed DTI metadata for our own files
+
+    def to_concept(self, name: str | None = None) -> Concept:
+        name = name or self.path.stem
+        if self.facts is None:
+            encoders = {k: EncoderConcept.from_vectors(v) for k, v in self.vectors.items()}
+            return Concept(name=name, encoders=encoders, method="imported", info={"layout": self.layout})
+        encoders = {}
+        for key, vec in self.vectors.items():
+            meta = self.facts.get("encoders", {}).get(key, {})
+            enc = EncoderConcept.from_vectors(vec, m_star=meta.get("m_star"), encoder_id=meta.get("encoder_id"),
+                                              weights_hash=meta.get("weights_hash"))
+            if meta.get("mu_b64"):
+                enc.mu = _unb64(meta["mu_b64"], tuple(vec.shape))
+            encoders[key] = enc
+        return Concept(
+            name=self.facts.get("name") or name,
+            encoders=encoders,
+            method=self.facts.get("method", "dti"),
+            family=self.facts.get("family"),
+            info=dict(self.facts.get("info") or {}),
+        )
+
+
+def _as_rows(t: Any, path: Path, key: str) -> torch.Tensor:
+    if not isinstance(t, torch.Tensor):
+        raise EmbeddingFileError(f"{path}: entry {key!r} is a {type(t).__name__}, not a tensor")
+    t = t.detach().to(torch.float32).cpu()
+    if t.ndim == 1:
+        t = t.unsqueeze(0)
+    if t.ndim == 3 and t.shape[0] == 1:
+        t = t[0]
+    if t.ndim != 2 or t.shape[0] == 0:
+        raise EmbeddingFileError(f"{path}: tensor {key!r} has shape {tuple(t.shape)}, expected (n_vectors, width)")
+    if not bool(torch.isfinite(t).all()):
+        raise EmbeddingFileError(f"{path}: tensor {key!r} contains NaN or infinite values")
+    return t
+
+
+def _by_width(t: torch.Tensor, path: Path, key: str) -> str:
+    width = int(t.shape[-1])
+    if width not in WIDTH_TO_ENCODER:
+        raise EmbeddingFileError(
+            f"{path}: tensor {key!r} has width {width}, which belongs to {describe_width(width)}; "
+            f"this pack reads CLIP-L (768), CLIP-G (1280) and Gemma-2 (2304) embeddings"
+        )
+    return WIDTH_TO_ENCODER[width]
+
+
+def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    try:
+        with safetensors.safe_open(str(path), framework="pt", device="cpu") as f:
+            metadata = dict(f.metadata() or {})
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:  # safetensors raises its own error types for truncated/corrupt headers
+        raise EmbeddingFileError(f"{path}: not a readable safetensors file ({type(e).__name__}: {e})") from e
+    return tensors, metadata
+
+
+def _read_pickle(path: Path) -> Any:
+    """torch.load with weights_only=True: tensors and plain containers only, never arbitrary code."""
+    try:
+        return torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise EmbeddingFileError(
+            f"{path}: refused to load — the pickle contains objects other than tensors and plain data "
+            f"({str(e).splitlines()[0] if str(e) else 'unsafe global'}). Pickles can run code; convert the "
+            "embedding to .safetensors with a trusted tool, or re-save it from its source"
+        ) from e
+    except Exception as e:
+        raise EmbeddingFileError(f"{path}: not a readable embedding file ({type(e).__name__}: {e})") from e
+
+
+def _pair_sibling(path: Path) -> Path | None:
+    """learned_embeds[-steps-N].safetensors ↔ learned_embeds_2[-steps-N].safetensors."""
+    name = path.name
+    if name.startswith("learned_embeds_2"):
+        other = path.with_name("learned_embeds" + name[len("learned_embeds_2"):])
+    elif name.startswith("learned_embeds"):
+        other = path.with_name("learned_embeds_2" + name[len("learned_embeds"):])
+    else:
+        return None
+    return other if other.is_file() else None
+
+
+def _classify(raw: dict[str, Any], path: Path) -> tuple[str, dict[str, torch.Tensor]]:
+    """Map a file's top-level entries to encoder rows; returns (layout name, vectors)."""
+    if "string_to_param" in raw:  # A1111 .pt
+        params = raw["string_to_param"]
+        if not isinstance(params, dict) or not params:
+            raise EmbeddingFileError(f"{path}: 'string_to_param' is empty or not a mapping")
+        key, t = next(iter(params.items()))
+        rows = _as_rows(t, path, f"string_to_param.{key}")
+        return "a1111", {_by_width(rows, path, key): rows}
+    tensors = {k: v for k, v in raw.items() if isinstance(v, torch.Tensor)}
+    if not tensors:
+        raise EmbeddingFileError(f"{path}: no tensors found (keys: {sorted(map(str, raw))[:8]})")
+    named = {k: v for k, v in tensors.items() if k in NAMED_KEYS}
+    if named:
+        out: dict[str, torch.Tensor] = {}
+        for k, v in named.items():
+            enc = NAMED_KEYS[k]
+            if enc in out:
+                raise EmbeddingFileError(f"{path}: two tensors claim the {enc} encoder ({sorted(named)})")
+            out[enc] = _as_rows(v, path, k)
+        return ("sdxl" if set(out) == {"clip_l", "clip_g"} else "onetrainer"), out
+    for k in WIDTH_KEYS:
+        if k in tensors:
+            rows = _as_rows(tensors[k], path, k)
+            return ("kohya" if k == "emb_params" else "onetrainer"), {_by_width(rows, path, k): rows}
+    if len(tensors) == 1:  # diffusers / official DTI: the single key is the placeholder string
+        k, v = next(iter(tensors.items()))
+        rows = _as_rows(v, path, k)
+        return "diffusers", {_by_width(rows, path, k): rows}
+    raise EmbeddingFileError(
+        f"{path}: unrecognized layout with tensors {sorted(tensors)[:8]}; expected clip_l/clip_g, gemma, "
+        "emb_params, string_to_param or a single placeholder key"
+    )
+
+
+def load_embedding(path: str | os.PathLike[str]) -> LoadedEmbedding:
+    """Read any supported embedding file. Pickled formats go through torch.load(weights_only=True)."""
+    path = Path(path)
+    if not path.is_file():
+        raise EmbeddingFileError(f"{path}: no such file")
+    suffix = path.suffix.lower()
+    metadata: dict[str, str] = {}
+    if suffix == ".safetensors":
+        raw, metadata = _read_safetensors(path)
+    elif suffix in (".pt", ".bin", ".ckpt", ".pth"):
+        raw = _read_pickle(path)
+        if not isinstance(raw, dict):
+            raise EmbeddingFileError(f"{path}: expected a dict of tensors, found {type(raw).__name__}")
+    else:
+        raise EmbeddingFileError(f"{path}: unsupported extension {suffix!r}; use .safetensors, .pt or .bin")
+
+    if metadata.get("format") == FORMAT_NAME:
+        return _load_ours(path, raw, metadata)
+
+    layout, vectors = _classify(raw, path)
+    sibling = _pair_sibling(path) if layout == "diffusers" else None
+    if sibling is not None:
+        other_raw = _read_safetensors(sibling)[0] if sibling.suffix == ".safetensors" else _read_pickle(sibling)
+        other_layout, other_vectors = _classify(other_raw, sibling)
+        clash = set(vectors) & set(other_vectors)
+        if clash:
+            raise EmbeddingFileError(f"{path} and {sibling.name} both hold {sorted(clash)}; cannot merge the pair")
+        vectors = {**vectors, **other_vectors}
+        layout = "diffusers-sdxl-pair"
+        log.info("ComfyUI-DTI: merged %s with %s", path.name, sibling.name)
+    return LoadedEmbedding(path=path, layout=layout, vectors=vectors, metadata=metadata)
+
+
+def _load_ours(path: Path, raw: dict[str, torch.Tensor], metadata: dict[str, str]) -> LoadedEmbedding:
+    version = metadata.get("format_version", "?")
+    if version != str(FORMAT_VERSION):
+        raise EmbeddingFileError(
+            f"{path}: written by format version {version!r}, this pack reads version {FORMAT_VERSION}; update ComfyUI-DTI"
+        )
+    try:
+        facts = json.loads(metadata.get("dti", "{}"))
+    except json.JSONDecodeError as e:
+        raise EmbeddingFileError(f"{path}: metadata 'dti' is not valid JSON ({e})") from e
+    encoders = list((facts.get("encoders") or {}).keys())
+    if not encoders:
+        raise EmbeddingFileError(f"{path}: metadata lists no encoders")
+    layout = layout_for(set(encoders))
+    vectors = {}
+    for enc in encoders:
+        key = layout.keys[enc]
+        if key not in raw:
+            raise EmbeddingFileError(f"{path}: metadata names encoder {enc!r} but tensor {key!r} is missing")
+        vectors[enc] = _as_rows(raw[key], path, key)
+        m_star = facts["encoders"][enc].get("m_star")
+        if m_star is not None and facts.get("method") == "dti":
+            norms = torch.linalg.vector_norm(vectors[enc].double(), dim=-1)
+            worst = float((norms / m_star - 1).abs().max())
+            if worst > 1e-4:
+                raise EmbeddingFileError(
+                    f"{path}: {enc} rows should have norm m*={m_star:.6g} but deviate by {worst:.2e} (relative); "
+                    "the file was modified after saving"
+                )
+    return LoadedEmbedding(path=path, layout=FORMAT_NAME, vectors=vectors, metadata=metadata, facts=facts)
+
+
+def list_embedding_files(folders: list[str]) -> list[str]:
+    """Relative paths (with subfolders, '/'-separated) of embedding files under the folders."""
+    found: set[str] = set()
+    for folder in folders:
+        root = Path(folder)
+        if not root.is_dir():
+            continue
+        for dirpath, _dirs, files in os.walk(root, followlinks=True):
+            for f in files:
+                if f.lower().endswith(EXTENSIONS) and not f.startswith(".dti-"):
+                    rel = Path(dirpath, f).relative_to(root).as_posix()
+                    found.add(rel)
+    return sorted(found, key=str.lower)

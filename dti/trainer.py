@@ -1,0 +1,497 @@
+"""One training loop for every method (dti, ti, ti_rescaled, crossinit), over two small protocols.
+
+The loop never sees a host: a TextSide turns prompts plus the current concept rows into
+conditioning (with gradient) and exposes each encoder's vocabulary; a DenoiseSide turns latents
+plus that conditioning into the model's native denoising loss. Everything else — sampling images,
+templates, crops and flips, accumulation, the optimizer, NaN handling, checkpoints — lives here.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol
+
+import torch
+
+from . import magnitude, sphere
+from .concept import Concept, EncoderConcept
+from .optim import METHODS, build_optimizer
+
+# The 27 "small ImageNet" object templates and the style templates used by TI and DTI.
+OBJECT_TEMPLATES: tuple[str, ...] = (
+    "a photo of a {}", "a rendering of a {}", "a cropped photo of the {}", "the photo of a {}",
+    "a photo of a clean {}", "a photo of a dirty {}", "a dark photo of the {}", "a photo of my {}",
+    "a photo of the cool {}", "a close-up photo of a {}", "a bright photo of the {}",
+    "a cropped photo of a {}", "a photo of the {}", "a good photo of the {}", "a photo of one {}",
+    "a close-up photo of the {}", "a rendition of the {}", "a photo of the clean {}",
+    "a rendition of a {}", "a photo of a nice {}", "a good photo of a {}", "a photo of the nice {}",
+    "a photo of the small {}", "a photo of the weird {}", "a photo of the large {}",
+    "a photo of a cool {}", "a photo of a small {}",
+)
+STYLE_TEMPLATES: tuple[str, ...] = (
+    "a painting in the style of {}", "a rendering in the style of {}",
+    "a cropped painting in the style of {}", "the painting in the style of {}",
+    "a clean painting in the style of {}", "a dirty painting in the style of {}",
+    "a dark painting in the style of {}", "a picture in the style of {}",
+    "a cool painting in the style of {}", "a close-up painting in the style of {}",
+    "a bright painting in the style of {}", "a cropped painting in the style of {}",
+    "a good painting in the style of {}", "a close-up painting in the style of {}",
+    "a rendition in the style of {}", "a nice painting in the style of {}",
+    "a small painting in the style of {}", "a weird painting in the style of {}",
+    "a large painting in the style of {}",
+)
+TEMPLATES = {"object": OBJECT_TEMPLATES, "style": STYLE_TEMPLATES}
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on; the message says why and what to change."""
+
+
+class TrainingDiverged(TrainingError):
+    pass
+
+
+# --------------------------------------------------------------------------------------------
+# Protocols the host adapters implement
+# --------------------------------------------------------------------------------------------
+
+
+class TextSide(Protocol):
+    def encoder_keys(self) -> list[str]:
+        """Encoders that receive a learned vector, e.g. ["clip_l", "clip_g"]."""
+
+    def vocabulary(self, key: str) -> torch.Tensor:
+        """The raw token-embedding table (vocab, width) of that encoder, in the space rows are spliced into."""
+
+    def initializer_rows(self, key: str, words: str) -> torch.Tensor:
+        """Raw vocabulary rows of the words' sub-tokens, tokenized without special tokens: (k, width)."""
+
+    def initializer_hidden(self, key: str, words: str) -> torch.Tensor:
+        """The encoder's last hidden state at the words' sub-token positions (CrossInit): (k, width)."""
+
+    def encode(self, prompts: list[str], rows: dict[str, torch.Tensor]) -> Any:
+        """Conditioning for a batch of prompts; each prompt holds the placeholder "{}" where rows go."""
+
+
+class DenoiseSide(Protocol):
+    def loss(self, batch: Batch, cond: Any, generator: torch.Generator) -> torch.Tensor:
+        """Mean native denoising loss of the batch under the conditioning (a scalar with gradient)."""
+
+
+# --------------------------------------------------------------------------------------------
+# Data
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class LatentExample:
+    """One training image, encoded once: (C, h, w) latents, optionally also of the mirrored image."""
+
+    latent: torch.Tensor
+    original_size: tuple[int, int]  # (height, width) in pixels of the image before resizing
+    flipped: torch.Tensor | None = None
+    caption: str | None = None  # with "{}" where the concept goes; None → templates
+
+
+@dataclass
+class Batch:
+    latents: torch.Tensor  # (B, C, h, w)
+    prompts: list[str]
+    original_sizes: list[tuple[int, int]]
+    crops: list[tuple[int, int]]  # (top, left) in pixels
+    target_size: tuple[int, int]  # (height, width) in pixels
+
+
+class BatchSampler:
+    """Epoch-shuffled images, a random template (or the image's caption), a crop and an optional flip."""
+
+    def __init__(
+        self,
+        examples: list[LatentExample],
+        batch_size: int,
+        crop_size: tuple[int, int],
+        downscale: int,
+        templates: tuple[str, ...] = OBJECT_TEMPLATES,
+        random_crop: bool = False,
+        flip: bool = False,
+        seed: int = 0,
+    ) -> None:
+        if not examples:
+            raise TrainingError("no training images: connect an IMAGE batch with at least one image")
+        if batch_size < 1:
+            raise TrainingError(f"batch size must be ≥ 1, got {batch_size}")
+        for i, ex in enumerate(examples):
+            h, w = ex.latent.shape[-2:]
+            if h < crop_size[0] or w < crop_size[1]:
+                raise TrainingError(
+                    f"image {i} encodes to {h}×{w} latents, smaller than the {crop_size[0]}×{crop_size[1]} "
+                    "crop; resize the images to the training resolution first"
+                )
+            if flip and ex.flipped is None:
+                raise TrainingError("flip is on but an example has no mirrored latent")
+        self.examples = examples
+        self.batch_size = batch_size
+        self.crop_size = crop_size
+        self.downscale = downscale
+        self.templates = templates
+        self.random_crop = random_crop
+        self.flip = flip
+        self.rng = random.Random(seed)
+        self._order: list[int] = []
+
+    def state(self) -> dict[str, Any]:
+        return {"rng": repr(self.rng.getstate()), "order": list(self._order)}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        import ast
+
+        self.rng.setstate(_to_tuple(ast.literal_eval(state["rng"])))
+        self._order = list(state["order"])
+
+    def _next_index(self) -> int:
+        if not self._order:
+            self._order = list(range(len(self.examples)))
+            self.rng.shuffle(self._order)
+        return self._order.pop()
+
+    def next(self) -> Batch:
+        latents, prompts, sizes, crops = [], [], [], []
+        ch, cw = self.crop_size
+        for _ in range(self.batch_size):
+            ex = self.examples[self._next_index()]
+            lat = ex.latent
+            if self.flip and self.rng.random() < 0.5:
+                lat = ex.flipped
+            h, w = lat.shape[-2:]
+            if self.random_crop:
+                top, left = self.rng.randint(0, h - ch), self.rng.randint(0, w - cw)
+            else:
+                top, left = (h - ch) // 2, (w - cw) // 2
+            latents.append(lat[..., top : top + ch, left : left + cw])
+            crops.append((top * self.downscale, left * self.downscale))
+            sizes.append(ex.original_size)
+            prompts.append(ex.caption if ex.caption is not None else self.rng.choice(self.templates))
+        return Batch(
+            latents=torch.stack(latents),
+            prompts=prompts,
+            original_sizes=sizes,
+            crops=crops,
+            target_size=(ch * self.downscale, cw * self.downscale),
+        )
+
+
+def _to_tuple(x: Any) -> Any:
+    return tuple(_to_tuple(i) for i in x) if isinstance(x, (list, tuple)) else x
+
+
+# --------------------------------------------------------------------------------------------
+# Configuration and state
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TrainConfig:
+    method: str = "dti"
+    steps: int = 400
+    lr: float = 0.04  # dti: effective angle per step (radians); AdamW methods: the AdamW lr
+    kappa: float = 1e-4
+    beta: float = 0.0
+    magnitude: str | float = "mean"
+    grad_accum: int = 1
+    seed: int = 42
+    n_vectors: int | None = None  # None: one per initializer sub-token
+    crossinit_lambda: float = 1e-5
+    nan_patience: int = 5
+    checkpoint_every: int = 0
+
+    def validate(self) -> None:
+        if self.method not in METHODS:
+            raise TrainingError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
+        if self.steps < 1:
+            raise TrainingError(f"steps must be ≥ 1, got {self.steps}")
+        if not (self.lr > 0) or not math.isfinite(self.lr):
+            raise TrainingError(f"learning rate must be a positive number, got {self.lr}")
+        if self.method == "dti" and self.lr > math.pi / 2:
+            raise TrainingError(f"lr {self.lr} is an angle per step in radians; values above π/2 make no sense")
+        if self.kappa < 0 or not math.isfinite(self.kappa):
+            raise TrainingError(f"kappa must be ≥ 0, got {self.kappa}")
+        if self.grad_accum < 1:
+            raise TrainingError(f"gradient accumulation must be ≥ 1, got {self.grad_accum}")
+        if self.n_vectors is not None and self.n_vectors < 1:
+            raise TrainingError(f"n_vectors must be ≥ 1, got {self.n_vectors}")
+
+
+@dataclass
+class EncoderInit:
+    key: str
+    m_star: float
+    stats: magnitude.NormStats
+    mu: torch.Tensor  # (n, d) unit rows: the prior mean and DTI's start
+    start: torch.Tensor  # (n, d) the trainable tensor's first value (unit rows for dti)
+    anchor: torch.Tensor | None = None  # CrossInit's pull target
+    note: str = ""
+
+
+def initialize(text: TextSide, initializer: str, config: TrainConfig) -> dict[str, EncoderInit]:
+    """μ, m* and the first value of the trainable tensor, per encoder."""
+    words = initializer.strip()
+    if not words:
+        raise TrainingError("the initializer is empty: give a word close to the concept, e.g. 'dog' or 'painting'")
+    raw: dict[str, torch.Tensor] = {}
+    for key in text.encoder_keys():
+        rows = text.initializer_rows(key, words).detach().to(torch.float32).cpu()
+        if rows.ndim != 2 or rows.shape[0] == 0:
+            raise TrainingError(
+                f"the initializer {words!r} tokenizes to nothing for {key}; use an ordinary word the encoder knows"
+            )
+        if bool((torch.linalg.vector_norm(rows, dim=-1) == 0).any()):
+            raise TrainingError(f"the initializer {words!r} maps to an all-zero {key} row (a padding token); pick another word")
+        raw[key] = rows
+    n_tokens = max(r.shape[0] for r in raw.values())
+    n = config.n_vectors or n_tokens
+    if n < n_tokens:
+        raise TrainingError(
+            f"the initializer {words!r} has {n_tokens} sub-tokens but only {n} vector(s) were asked for; "
+            "use a shorter initializer or set vectors to 0 (automatic)"
+        )
+    out = {}
+    for key, rows in raw.items():
+        note = ""
+        if rows.shape[0] < n:
+            # More vectors than sub-tokens: repeat the sub-token rows cyclically.
+            idx = torch.arange(n) % rows.shape[0]
+            note = f"{key}: {n} vectors from {rows.shape[0]} sub-token(s) of {words!r}, rows repeated cyclically"
+            rows = rows[idx]
+        stats = magnitude.norm_stats(text.vocabulary(key))
+        m_star = magnitude.target_norm(stats, config.magnitude)
+        mu = sphere.normalize(rows.double()).float()
+        anchor = None
+        if config.method == "dti":
+            start = mu.clone()
+        elif config.method == "crossinit":
+            hidden = text.initializer_hidden(key, words).detach().to(torch.float32).cpu()
+            if hidden.shape[0] < n:
+                hidden = hidden[torch.arange(n) % hidden.shape[0]]
+            start, anchor = hidden[:n].clone(), hidden[:n].clone()
+        else:
+            start = rows.clone()
+        out[key] = EncoderInit(key=key, m_star=m_star, stats=stats, mu=mu, start=start, anchor=anchor, note=note)
+    return out
+
+
+@dataclass
+class StepRecord:
+    step: int
+    loss: float
+    norms: dict[str, float]  # mean row norm per encoder
+    skipped: bool = False
+
+
+@dataclass
+class TrainResult:
+    concept: Concept
+    history: list[StepRecord]
+    seconds: float
+    notes: list[str] = field(default_factory=list)
+    stopped_early: str | None = None
+
+
+# --------------------------------------------------------------------------------------------
+# The loop
+# --------------------------------------------------------------------------------------------
+
+
+class Trainer:
+    """Owns the trainable tensors and the optimizer; ``run`` advances them step by step.
+
+    The last good rows are always available through ``concept()``, also after an exception
+    (interruption, NaN), so the caller can save them.
+    """
+
+    def __init__(
+        self,
+        text: TextSide,
+        denoise: DenoiseSide,
+        sampler: BatchSampler,
+        config: TrainConfig,
+        name: str,
+        initializer: str,
+        device: torch.device | str = "cpu",
+        family: str | None = None,
+        encoder_ids: dict[str, str] | None = None,
+    ) -> None:
+        config.validate()
+        self.text, self.denoise, self.sampler, self.config = text, denoise, sampler, config
+        self.name, self.initializer, self.family = name, initializer, family
+        self.encoder_ids = encoder_ids or {}
+        self.device = torch.device(device)
+        self.inits = initialize(text, initializer, config)
+        self.params: dict[str, torch.Tensor] = {
+            k: init.start.to(self.device, torch.float32).clone().requires_grad_(True) for k, init in self.inits.items()
+        }
+        groups = [{"params": [self.params[k]], "mu": self.inits[k].mu.to(self.device)} for k in self.params]
+        self.optimizer = build_optimizer(config.method, groups, lr=config.lr, kappa=config.kappa, beta=config.beta)
+        self.generator = torch.Generator(device="cpu").manual_seed(config.seed)
+        self.step = 0
+        self.history: list[StepRecord] = []
+        self._last_good = {k: p.detach().clone() for k, p in self.params.items()}
+        self._nan_streak = 0
+        self.notes = [i.note for i in self.inits.values() if i.note]
+
+    # -- rows ---------------------------------------------------------------------------------
+
+    def rows(self) -> dict[str, torch.Tensor]:
+        """The rows spliced into the encoders: m*·v for dti, the raw vectors otherwise."""
+        if self.config.method == "dti":
+            return {k: self.inits[k].m_star * p for k, p in self.params.items()}
+        return dict(self.params)
+
+    def concept(self) -> Concept:
+        """The last good state as a Concept (ti_rescaled: rows moved to m*)."""
+        method = self.config.method
+        encoders = {}
+        for key, value in self._last_good.items():
+            init = self.inits[key]
+            common = dict(mu=init.mu.clone(), encoder_id=self.encoder_ids.get(key))
+            if method == "dti":
+                v = sphere.normalize(value.double().cpu()).float()
+                enc = EncoderConcept(directions=v, norms=torch.full((v.shape[0],), init.m_star), m_star=init.m_star, **common)
+            else:
+                enc = EncoderConcept.from_vectors(value.cpu(), **common)
+                enc.m_star = init.m_star if method == "ti_rescaled" else None
+                if method == "ti_rescaled":
+                    enc = enc.rescaled(init.m_star)
+            encoders[key] = enc
+        info = {k: v for k, v in asdict(self.config).items() if k not in ("nan_patience", "checkpoint_every")}
+        info.update(initializer=self.initializer, steps_done=self.step,
+                    m_star={k: i.m_star for k, i in self.inits.items()})
+        return Concept(name=self.name, encoders=encoders, method=method, family=self.family, info=info)
+
+    # -- evaluation ----------------------------------------------------------------------------
+
+    def eval_loss(self, batch: Batch, seed: int, repeats: int = 1) -> float:
+        """Loss of the current rows on a fixed batch with fixed noise and timesteps (no gradient)."""
+        total = 0.0
+        with torch.no_grad():
+            for r in range(repeats):
+                gen = torch.Generator(device="cpu").manual_seed(seed + r)
+                cond = self.text.encode(batch.prompts, {k: v.detach() for k, v in self.rows().items()})
+                total += float(self.denoise.loss(batch, cond, gen))
+        return total / repeats
+
+    # -- checkpoints ---------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "name": self.name,
+            "initializer": self.initializer,
+            "config": asdict(self.config),
+            "params": {k: v.detach().cpu().clone() for k, v in self._last_good.items()},
+            "optimizer": self.optimizer.state_dict(),
+            "generator": self.generator.get_state(),
+            "sampler": self.sampler.state(),
+            "history": [[r.step, r.loss, r.norms, r.skipped] for r in self.history],
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        saved = state.get("config", {})
+        for field_name in ("method", "magnitude"):
+            if saved.get(field_name) != getattr(self.config, field_name):
+                raise TrainingError(
+                    f"checkpoint was trained with {field_name}={saved.get(field_name)!r}, this run uses "
+                    f"{getattr(self.config, field_name)!r}; match the settings or start fresh"
+                )
+        params = state["params"]
+        if set(params) != set(self.params):
+            raise TrainingError(f"checkpoint holds encoders {sorted(params)}, this model has {sorted(self.params)}")
+        with torch.no_grad():
+            for k, p in self.params.items():
+                if params[k].shape != p.shape:
+                    raise TrainingError(
+                        f"checkpoint {k} rows are {tuple(params[k].shape)}, this run expects {tuple(p.shape)} "
+                        "(different initializer or number of vectors)"
+                    )
+                p.copy_(params[k].to(p.device))
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.generator.set_state(state["generator"])
+        self.sampler.load_state(state["sampler"])
+        self.step = int(state["step"])
+        self.history = [StepRecord(int(s), float(loss), dict(n), bool(sk)) for s, loss, n, sk in state.get("history", [])]
+        self._last_good = {k: p.detach().clone() for k, p in self.params.items()}
+
+    # -- the loop ------------------------------------------------------------------------------
+
+    def _norms(self) -> dict[str, float]:
+        return {k: float(torch.linalg.vector_norm(r.detach(), dim=-1).mean()) for k, r in self.rows().items()}
+
+    def train_step(self) -> StepRecord:
+        cfg = self.config
+        self.optimizer.zero_grad(set_to_none=True)
+        total = 0.0
+        finite = True
+        for _ in range(cfg.grad_accum):
+            batch = self.sampler.next()
+            rows = self.rows()
+            cond = self.text.encode(batch.prompts, rows)
+            loss = self.denoise.loss(batch, cond, self.generator)
+            if cfg.method == "crossinit":
+                pull = sum(
+                    torch.nn.functional.mse_loss(self.params[k], self.inits[k].anchor.to(self.device))
+                    for k in self.params
+                )
+                loss = loss + cfg.crossinit_lambda * pull
+            if not bool(torch.isfinite(loss)):
+                finite = False
+                break
+            (loss / cfg.grad_accum).backward()
+            total += float(loss.detach()) / cfg.grad_accum
+        if finite:
+            finite = all(p.grad is None or bool(torch.isfinite(p.grad).all()) for p in self.params.values())
+        self.step += 1
+        if not finite:
+            return self._skip(total)
+        self.optimizer.step()
+        if not all(bool(torch.isfinite(p).all()) for p in self.params.values()):
+            return self._skip(total)
+        self._nan_streak = 0
+        self._last_good = {k: p.detach().clone() for k, p in self.params.items()}
+        record = StepRecord(self.step, total, self._norms())
+        self.history.append(record)
+        return record
+
+    def _skip(self, loss: float) -> StepRecord:
+        """Undo a step whose loss or gradient was not finite; give up after nan_patience in a row."""
+        with torch.no_grad():
+            for k, p in self.params.items():
+                p.copy_(self._last_good[k])
+        self.optimizer.zero_grad(set_to_none=True)
+        self._nan_streak += 1
+        record = StepRecord(self.step, float("nan"), self._norms(), skipped=True)
+        self.history.append(record)
+        if self._nan_streak >= self.config.nan_patience:
+            raise TrainingDiverged(
+                f"loss or gradient was NaN/inf for {self._nan_streak} steps in a row (last at step {self.step}); "
+                "the last good vectors were kept. Lower the learning rate, train in fp32/bf16 instead of fp16, "
+                "or check the images"
+            )
+        return record
+
+    def run(
+        self,
+        on_step: Callable[[Trainer, StepRecord], None] | None = None,
+        on_checkpoint: Callable[[Trainer], None] | None = None,
+    ) -> TrainResult:
+        started = time.perf_counter()
+        while self.step < self.config.steps:
+            record = self.train_step()
+            if on_step is not None:
+                on_step(self, record)
+            every = self.config.checkpoint_every
+            if on_checkpoint is not None and every > 0 and self.step % every == 0 and self.step < self.config.steps:
+                on_checkpoint(self)
+        return TrainResult(self.concept(), list(self.history), time.perf_counter() - started, list(self.notes))
