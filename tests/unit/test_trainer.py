@@ -41,6 +41,8 @@ class ToyText:
         return [sum(map(ord, w)) % 200 for w in words.split()]
 
     def initializer_rows(self, key, words):
+        if words == "<nothing>":  # a tokenizer that drops everything
+            return self.tables[key][:0]
         return self.tables[key][self._ids(words)]
 
     def initializer_hidden(self, key, words):
@@ -221,6 +223,8 @@ def test_bad_data_and_initializers():
         Trainer(tr_text, ToyDenoise(torch.zeros(8)), sampler, TrainConfig(), name="x", initializer="  ")
     with pytest.raises(TrainingError, match="2 sub-tokens but only 1"):
         Trainer(tr_text, ToyDenoise(torch.zeros(8)), sampler, TrainConfig(n_vectors=1), name="x", initializer="big dog")
+    with pytest.raises(TrainingError, match="tokenizes to nothing for clip_l"):
+        Trainer(tr_text, ToyDenoise(torch.zeros(8)), sampler, TrainConfig(), name="x", initializer="<nothing>")
     t = Trainer(tr_text, ToyDenoise(torch.zeros(8)), sampler, TrainConfig(n_vectors=3), name="x", initializer="dog")
     assert t.params["clip_l"].shape == (3, 12) and "repeated cyclically" in t.notes[0]
 

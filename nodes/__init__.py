@@ -1,0 +1,18 @@
+"""ComfyUI adapters and nodes: the only part of the pack that imports comfy."""
+
+from __future__ import annotations
+
+from comfy_api.latest import ComfyExtension, io
+from typing_extensions import override
+
+from .train import DTITrain
+
+
+class DTIExtension(ComfyExtension):
+    @override
+    async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        return [DTITrain]
+
+
+async def comfy_entrypoint() -> DTIExtension:
+    return DTIExtension()

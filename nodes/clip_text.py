@@ -1,0 +1,304 @@
+"""TextSide over ComfyUI's own text encoders (comfy.sd.CLIP: SD1.x, SDXL, Lumina 2's Gemma).
+
+Prompts are tokenized by a shallow copy of the CLIP's tokenizer whose `embedding:` lookup answers
+our concept with *slot* markers, so the layout — 77-token sections, weights, punctuation, other
+embeddings in the same prompt — is exactly what a stock `embedding:name` prompt gets. At encode
+time the slots are replaced by the current rows (tensors with gradient); ComfyUI's
+`process_tokens` splices any non-integer token as an embedding, and gradients flow back through it.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ..dti.trainer import TrainingError
+from .families import Family
+
+PLACEHOLDER = "{}"
+# Characters that may follow a concept name in a prompt without being part of it.
+_TRAILING_PUNCT = ",.;:!?)]}'\""
+
+
+class MissingPlaceholderError(TrainingError):
+    pass
+
+
+class _Slot:
+    """Position of row ``index`` of encoder ``key`` in a token list."""
+
+    __slots__ = ("key", "index")
+
+    def __init__(self, key: str, index: int) -> None:
+        self.key, self.index = key, index
+
+    def __repr__(self) -> str:
+        return f"<slot {self.key}[{self.index}]>"
+
+
+class _SlotRows:
+    """Stands in for an (n, d) embedding while ComfyUI's tokenizer lays out the prompt.
+
+    The tokenizer only reads ``.shape`` and indexes rows, so it places one slot per row.
+    """
+
+    def __init__(self, key: str, n: int) -> None:
+        self.key = key
+        self.shape = (n, 0)
+
+    def __getitem__(self, index: int) -> _Slot:
+        return _Slot(self.key, index)
+
+
+def expand_placeholder(prompt: str, name: str) -> str:
+    """Replace each "{}" with `embedding:name`, adding the space ComfyUI's prompt parser needs."""
+    parts = prompt.split(PLACEHOLDER)
+    text = parts[0]
+    for part in parts[1:]:
+        sep = "" if (not text or text[-1] in " \n(") else " "
+        text += f"{sep}embedding:{name}{part}"
+    return text
+
+
+def _concept_lookup(original, key: str, name: str, n_rows: int):
+    names = (name, f"{name}.safetensors", f"{name}.pt")
+
+    def lookup(embedding_name: str):
+        parts = embedding_name.split()
+        first, leftover = (parts[0] if parts else ""), " ".join(parts[1:])
+        for candidate in names:
+            if first == candidate:
+                return _SlotRows(key, n_rows), leftover
+            rest = first[len(candidate):]
+            if first.startswith(candidate) and rest and rest[0] in _TRAILING_PUNCT:
+                return _SlotRows(key, n_rows), f"{rest} {leftover}".strip()
+        return original(embedding_name)
+
+    return lookup
+
+
+@dataclass
+class PreparedPrompt:
+    text: str
+    tokens: dict[str, list[list[tuple[Any, float]]]]  # tokenizer output with slots
+    simple: bool  # one section per encoder and every weight 1.0: can be batched directly
+    slots: int
+
+
+@dataclass
+class TextCond:
+    """Conditioning with gradient: what the denoise side needs from the text side."""
+
+    cross_attn: torch.Tensor  # (B, L, C)
+    pooled: torch.Tensor | None  # (B, P)
+    attention_mask: torch.Tensor | None = None  # (B, L)
+
+
+def concept_tokenizer(clip, family: Family, name: str, n_rows: dict[str, int], embedding_dirs: list[str] | None = None):
+    """A shallow copy of clip.tokenizer that resolves `embedding:name` to slot markers."""
+    tok = copy.copy(clip.tokenizer)
+    for sub in family.encoders:
+        inner = copy.copy(getattr(tok, sub.attr))
+        inner._try_get_embedding = _concept_lookup(inner._try_get_embedding, sub.key, name, n_rows[sub.key])
+        if inner.embedding_directory is None:
+            # Some encoders (Gemma) are never given the embeddings folder, which disables
+            # `embedding:` parsing altogether; a list turns it on for this copy only.
+            inner.embedding_directory = list(embedding_dirs or [])
+        setattr(tok, sub.attr, inner)
+    return tok
+
+
+def prepare_prompt(clip, tokenizer, family: Family, prompt: str, name: str) -> PreparedPrompt:
+    text = expand_placeholder(prompt, name)
+    kwargs = {"tokenizer_options": dict(clip.tokenizer_options)} if getattr(clip, "tokenizer_options", None) else {}
+    tokens = tokenizer.tokenize_with_weights(text, False, **kwargs)
+    slots = {sub.key: sum(isinstance(t, _Slot) for section in tokens[token_key(clip, sub)] for t, _w in section)
+             for sub in family.encoders}
+    if min(slots.values()) == 0:
+        raise MissingPlaceholderError(
+            f"the prompt {prompt!r} does not mention the concept: write embedding:{name} (or {{}}) where it "
+            "should appear, e.g. 'a photo of embedding:" + name + " on a beach'"
+        )
+    simple = all(
+        len(tokens[token_key(clip, sub)]) == 1 and all(w == 1.0 for _t, w in tokens[token_key(clip, sub)][0])
+        for sub in family.encoders
+    )
+    return PreparedPrompt(text=text, tokens=tokens, simple=simple, slots=max(slots.values()))
+
+
+def token_key(clip, sub) -> str:
+    """Key of a sub-encoder in the token dict: SDXL uses "l"/"g", the SD1Tokenizer family its clip_name."""
+    inner = getattr(clip.tokenizer, "clip_name", None)
+    if inner is not None and getattr(clip.tokenizer, "clip", None) == sub.attr:
+        return inner
+    return {"clip_l": "l", "clip_g": "g"}.get(sub.attr, sub.attr)
+
+
+def substitute(tokens: dict[str, list], rows: dict[str, torch.Tensor]) -> dict[str, list]:
+    """The token dict with every slot replaced by its row (views, so gradients reach ``rows``)."""
+    out = {}
+    for key, sections in tokens.items():
+        out[key] = [[(rows[t.key][t.index] if isinstance(t, _Slot) else t, w) for t, w in section] for section in sections]
+    return out
+
+
+def weights_hash(table: torch.Tensor) -> str:
+    """A short fingerprint of a vocabulary table (first 512 rows, rounded), to tell fine-tunes apart."""
+    rows = table[:512].detach().to(torch.float32).cpu()
+    return hashlib.sha256((rows * 1e4).round().to(torch.int64).numpy().tobytes()).hexdigest()[:16]
+
+
+class ClipTextSide:
+    """The trainer's TextSide for a comfy.sd.CLIP of a known family.
+
+    Call ``close()`` (or use as a context manager) to put the encoder's layer options back.
+    """
+
+    def __init__(self, clip, family: Family, name: str, prompt_wrapper: str = PLACEHOLDER) -> None:
+        self.clip, self.family, self.name = clip, family, name
+        self.model = clip.cond_stage_model
+        self.subs = {sub.key: getattr(self.model, sub.attr) for sub in family.encoders}
+        self.sub_tokenizers = {sub.key: getattr(clip.tokenizer, sub.attr) for sub in family.encoders}
+        self.prompt_wrapper = prompt_wrapper  # e.g. Lumina 2's system prompt around the user prompt
+        self._n_rows: dict[str, int] | None = None
+        self._tokenizer = None
+        self._cache: dict[str, PreparedPrompt] = {}
+        self._apply_clip_options()
+
+    # -- TextSide protocol ------------------------------------------------------------------------
+
+    def encoder_keys(self) -> list[str]:
+        return [sub.key for sub in self.family.encoders]
+
+    def vocabulary(self, key: str) -> torch.Tensor:
+        return self.subs[key].transformer.get_input_embeddings().weight
+
+    def _initializer_ids(self, key: str, words: str) -> list[int]:
+        tok = self.sub_tokenizers[key]
+        end = -1 if tok.tokenizer_adds_end_token else None
+        return list(tok.tokenizer(words)["input_ids"][tok.tokens_start:end])
+
+    def initializer_rows(self, key: str, words: str) -> torch.Tensor:
+        ids = self._initializer_ids(key, words)
+        table = self.vocabulary(key)
+        return table[torch.tensor(ids, dtype=torch.long, device=table.device)].detach().float() if ids else table[:0].float()
+
+    def initializer_hidden(self, key: str, words: str) -> torch.Tensor:
+        tok = self.sub_tokenizers[key]
+        k = len(self._initializer_ids(key, words))
+        section = tok.tokenize_with_weights(words)[0]
+        with torch.no_grad():
+            z = self.subs[key].encode([[t for t, _w in section]])[0]
+        return z[0, tok.tokens_start : tok.tokens_start + k].detach().float()
+
+    def encode(self, prompts: list[str], rows: dict[str, torch.Tensor]) -> TextCond:
+        prepared = [self.prepare(p) for p in prompts]
+        if all(p.simple for p in prepared):
+            return self._encode_batched(prepared, rows)
+        return self._stack([self._encode_one(p, rows) for p in prepared])
+
+    # -- prompts ----------------------------------------------------------------------------------
+
+    def bind_rows(self, n_rows: dict[str, int]) -> None:
+        """Fix how many rows per encoder the concept has (the tokenizer lays out that many slots)."""
+        if self._n_rows != n_rows:
+            self._n_rows = dict(n_rows)
+            self._tokenizer = concept_tokenizer(self.clip, self.family, self.name, self._n_rows)
+            self._cache.clear()
+
+    def prepare(self, prompt: str) -> PreparedPrompt:
+        if self._tokenizer is None:
+            raise RuntimeError("bind_rows() must be called before encoding")
+        if prompt not in self._cache:
+            wrapped = self.prompt_wrapper.replace(PLACEHOLDER, prompt, 1) if self.prompt_wrapper != PLACEHOLDER else prompt
+            self._cache[prompt] = prepare_prompt(self.clip, self._tokenizer, self.family, wrapped, self.name)
+        return self._cache[prompt]
+
+    # -- encoding ---------------------------------------------------------------------------------
+
+    def _apply_clip_options(self) -> None:
+        # What CLIP.encode_from_tokens does before every encode (CLIPSetLastLayer's choice included).
+        self.model.reset_clip_options()
+        if self.clip.layer_idx is not None:
+            self.model.set_clip_options({"layer": self.clip.layer_idx})
+
+    def close(self) -> None:
+        self.model.reset_clip_options()
+
+    def __enter__(self) -> ClipTextSide:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _encode_batched(self, prepared: list[PreparedPrompt], rows: dict[str, torch.Tensor]) -> TextCond:
+        outs = {}
+        for sub in self.family.encoders:
+            key = token_key(self.clip, sub)
+            batch = [[rows[t.key][t.index] if isinstance(t, _Slot) else t for t, _w in p.tokens[key][0]] for p in prepared]
+            outs[sub.key] = self.subs[sub.key].encode(batch)
+        return self._combine(outs)
+
+    def _combine(self, outs: dict[str, tuple]) -> TextCond:
+        mask = None
+        if self.family.combine == "concat":
+            zs = [outs[sub.key][0] for sub in self.family.encoders]
+            cut = min(z.shape[1] for z in zs)
+            cond = torch.cat([z[:, :cut] for z in zs], dim=-1)
+            pooled = outs[self.family.encoders[-1].key][1]
+        else:
+            o = outs[self.family.encoders[0].key]
+            cond, pooled = o[0], o[1]
+            if len(o) > 2 and "attention_mask" in o[2]:
+                mask = o[2]["attention_mask"]
+        return TextCond(cross_attn=cond, pooled=pooled, attention_mask=mask)
+
+    def _encode_one(self, p: PreparedPrompt, rows: dict[str, torch.Tensor]) -> TextCond:
+        o = self.model.encode_token_weights(substitute(p.tokens, rows))
+        mask = o[2].get("attention_mask") if len(o) > 2 else None
+        return TextCond(cross_attn=o[0], pooled=o[1], attention_mask=mask)
+
+    @staticmethod
+    def _stack(conds: list[TextCond]) -> TextCond:
+        lengths = [c.cross_attn.shape[1] for c in conds]
+        if any(c.attention_mask is not None for c in conds):
+            # Masked encoders (Gemma): pad to the longest prompt with zero rows and a zero mask.
+            longest = max(lengths)
+            xs, ms = [], []
+            for c in conds:
+                pad = longest - c.cross_attn.shape[1]
+                xs.append(torch.nn.functional.pad(c.cross_attn, (0, 0, 0, pad)))
+                m = c.attention_mask if c.attention_mask is not None else torch.ones(c.cross_attn.shape[:2])
+                ms.append(torch.nn.functional.pad(m.to(xs[-1].device), (0, pad)))
+            return TextCond(torch.cat(xs), _cat_pooled(conds), torch.cat(ms))
+        # CLIP sections of 77: repeating a context k times leaves cross-attention unchanged, which
+        # is how ComfyUI itself batches prompts of different lengths.
+        target = math.lcm(*lengths)
+        xs = [c.cross_attn.repeat(1, target // c.cross_attn.shape[1], 1) for c in conds]
+        return TextCond(torch.cat(xs), _cat_pooled(conds))
+
+
+def _cat_pooled(conds: list[TextCond]) -> torch.Tensor | None:
+    if any(c.pooled is None for c in conds):
+        return None
+    return torch.cat([c.pooled for c in conds])
+
+
+def encode_conditioning(clip, family: Family, name: str, prompt: str, vectors: dict[str, torch.Tensor],
+                        prompt_wrapper: str = PLACEHOLDER) -> list:
+    """CONDITIONING for a prompt with the concept's rows, through the stock encode path.
+
+    Uses clip.encode_from_tokens_scheduled exactly as CLIPTextEncode does, so for the same rows
+    the result equals a stock `embedding:name` prompt bit for bit.
+    """
+    n_rows = {k: int(v.shape[0]) for k, v in vectors.items()}
+    tok = concept_tokenizer(clip, family, name, n_rows)
+    wrapped = prompt_wrapper.replace(PLACEHOLDER, prompt, 1) if prompt_wrapper != PLACEHOLDER else prompt
+    prepared = prepare_prompt(clip, tok, family, wrapped, name)
+    rows = {k: v.detach().to(torch.float32).cpu() for k, v in vectors.items()}
+    return clip.encode_from_tokens_scheduled(substitute(prepared.tokens, rows))

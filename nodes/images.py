@@ -1,0 +1,103 @@
+"""Training images → latents, encoded once by the user's VAE (and once more mirrored, for flips)."""
+
+from __future__ import annotations
+
+import comfy.utils
+import torch
+
+from ..dti.trainer import LatentExample, TrainingError
+from .host import release
+
+RESIZE_MODES = ("resize and crop", "keep size")
+
+
+def flatten_images(images: list[torch.Tensor] | torch.Tensor) -> list[torch.Tensor]:
+    """IMAGE batches (one tensor, or a list of them from list outputs) → list of [H, W, C] images."""
+    batches = images if isinstance(images, (list, tuple)) else [images]
+    out = []
+    for b in batches:
+        if b is None:
+            continue
+        if b.ndim == 3:
+            b = b.unsqueeze(0)
+        if b.ndim != 4:
+            raise TrainingError(f"expected IMAGE batches shaped [B, H, W, C], got {tuple(b.shape)}")
+        out.extend(b[i] for i in range(b.shape[0]))
+    if not out:
+        raise TrainingError("the image batch is empty: connect at least one training image")
+    return out
+
+
+def _resize_short_side(img: torch.Tensor, short: int) -> torch.Tensor:
+    h, w = img.shape[:2]
+    scale = short / min(h, w)
+    nh, nw = max(short, round(h * scale)), max(short, round(w * scale))
+    nh, nw = nh - nh % 8, nw - nw % 8
+    chw = img.permute(2, 0, 1).unsqueeze(0)
+    out = comfy.utils.common_upscale(chw, nw, nh, "bicubic" if scale > 1 else "area", "disabled")
+    return out[0].permute(1, 2, 0).clamp(0, 1)
+
+
+def prepare_examples(
+    images: list[torch.Tensor],
+    vae,
+    model_patcher,
+    resolution: int,
+    mode: str,
+    flip: bool,
+    captions: list[str | None],
+) -> tuple[list[LatentExample], tuple[int, int], int]:
+    """Latent examples, the crop size in latent units, and the VAE's downscale factor."""
+    if mode not in RESIZE_MODES:
+        raise TrainingError(f"unknown resize mode {mode!r}; use one of {RESIZE_MODES}")
+    if vae is None:
+        raise TrainingError("no VAE connected: DTI Train encodes the images with the checkpoint's VAE")
+    down = int(getattr(vae, "downscale_ratio", 8)) if isinstance(getattr(vae, "downscale_ratio", 8), int) else 8
+    if mode == "keep size":
+        sizes = {tuple(img.shape[:2]) for img in images}
+        if len(sizes) > 1:
+            listed = ", ".join(f"{w}×{h}" for h, w in sorted(sizes))
+            raise TrainingError(
+                f"the training images have different sizes ({listed}) and resize is 'keep size'; set resize to "
+                "'resize and crop' so each image is scaled to the training resolution, or resize them beforehand "
+                "(e.g. with ImageScale)"
+            )
+        h, w = next(iter(sizes))
+        if h < down or w < down:
+            raise TrainingError(f"images of {w}×{h} are smaller than one latent pixel ({down}×{down})")
+        prepared = [img[: h - h % down, : w - w % down] for img in images]
+        crop = ((h - h % down) // down, (w - w % down) // down)
+    else:
+        if resolution % down:
+            raise TrainingError(f"resolution {resolution} must be a multiple of {down} (the VAE's downscale factor)")
+        prepared = [_resize_short_side(img, resolution) for img in images]
+        crop = (resolution // down, resolution // down)
+
+    examples = []
+    with torch.no_grad():
+        for img, original, caption in zip(prepared, images, captions):
+            pixels = img[..., :3].unsqueeze(0)
+            lat = model_patcher.model.process_latent_in(vae.encode(pixels).float())
+            flipped = None
+            if flip:
+                flipped = model_patcher.model.process_latent_in(vae.encode(torch.flip(pixels, dims=[2])).float())
+                flipped = flipped[0].detach().clone()
+            examples.append(LatentExample(latent=lat[0].detach().clone(), original_size=tuple(original.shape[:2]),
+                                          flipped=flipped, caption=caption))
+    release(vae.patcher)  # the VAE is not needed again during training
+    return examples, crop, down
+
+
+def split_captions(text: str, n_images: int) -> list[str | None]:
+    """One caption for all images, one per image (by line), or none (templates)."""
+    lines = [line.strip() for line in (text or "").splitlines() if line.strip()]
+    if not lines:
+        return [None] * n_images
+    if len(lines) == 1:
+        return lines * n_images
+    if len(lines) != n_images:
+        raise TrainingError(
+            f"got {len(lines)} caption lines for {n_images} images; give one line per image, a single line for "
+            "all of them, or leave captions empty to use the templates"
+        )
+    return lines

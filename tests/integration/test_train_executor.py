@@ -1,0 +1,71 @@
+"""DTI Train inside ComfyUI: loaded by its loader, executed by its executor, used by stock nodes."""
+
+from comfy_harness import ProgressRecorder, run_prompt
+
+
+def train_prompt(name="exec_cat", steps=6, **overrides):
+    inputs = {
+        "model": ["1", 0], "clip": ["1", 1], "vae": ["1", 2], "images": ["2", 0],
+        "name": name, "initializer": "dog", "prompt": "a photo of {} on a beach", "method": "dti",
+        "steps": steps, "learning_rate": 0.0, "kappa": -1.0, "magnitude": "mean", "magnitude_value": 0.4,
+        "batch_size": 2, "grad_accum": 0, "resolution": 64, "resize": "resize and crop", "random_crop": False,
+        "flip": False, "seed": 42, "templates": "object", "captions": "", "vectors": 0, "precision": "auto",
+        "gradient_checkpointing": False, "checkpoint_every": 0, "resume": "none", "save": True, "if_exists": "increment",
+    }
+    inputs.update(overrides)
+    return {
+        "1": {"class_type": "DTITestTinyCheckpoint", "inputs": {"ckpt_name": "tiny", "family": "sdxl"}},
+        "2": {"class_type": "DTITestImages", "inputs": {"count": 3, "size": 64, "seed": 3}},
+        "3": {"class_type": "DTITrain", "inputs": inputs},
+    }
+
+
+def test_pack_registers_its_nodes_through_comfyuis_loader(pack):
+    import nodes
+
+    assert "DTITrain" in nodes.NODE_CLASS_MAPPINGS
+    info = nodes.NODE_CLASS_MAPPINGS["DTITrain"].GET_NODE_INFO_V1()
+    assert info["display_name"] == "DTI Train" and info["category"] == "DTI"
+    assert info["output"] == ["DTI_CONCEPT", "CONDITIONING", "IMAGE", "STRING"]
+    for section in ("required", "optional"):
+        for name, spec in info["input"].get(section, {}).items():
+            assert spec[1].get("tooltip"), f"input {name} has no tooltip"
+    assert all(info["output_tooltips"])
+
+
+def test_train_node_runs_in_the_executor_and_feeds_a_stock_sampler(pack, embeddings):
+    prompt = train_prompt()
+    prompt["4"] = {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}}
+    prompt["5"] = {"class_type": "CLIPTextEncode", "inputs": {"clip": ["1", 1], "text": "blurry"}}
+    prompt["6"] = {"class_type": "KSampler", "inputs": {
+        "model": ["1", 0], "positive": ["3", 1], "negative": ["5", 0], "latent_image": ["4", 0], "seed": 1,
+        "steps": 2, "cfg": 5.0, "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0}}
+    prompt["7"] = {"class_type": "VAEDecode", "inputs": {"samples": ["6", 0], "vae": ["1", 2]}}
+    prompt["8"] = {"class_type": "PreviewImage", "inputs": {"images": ["7", 0]}}
+    with ProgressRecorder() as progress:
+        outputs, executor, messages = run_prompt(prompt)
+    concept, conditioning, plot, summary = (outputs["3"][i][0] for i in range(4))
+    assert concept.method == "dti" and set(concept.encoders) == {"clip_l", "clip_g"}
+    assert conditioning[0][0].shape == (1, 77, 80) and conditioning[0][1]["pooled_output"].shape == (1, 48)
+    assert plot.ndim == 4 and plot.shape[-1] == 3
+    assert "6 steps" in summary and "exec_cat.safetensors" in summary
+    assert outputs["7"][0][0].shape == (1, 64, 64, 3)
+    assert (embeddings / "exec_cat.safetensors").is_file()
+    # the node showed its plot and summary, and the progress bar advanced to the end
+    ui = executor.history_result["outputs"]["3"]
+    assert ui["images"] and "exec_cat" in ui["text"][0]
+    mine = [e for e in progress.events if e["node"] == "3"]
+    assert [e["value"] for e in mine] == [1, 2, 3, 4, 5, 6] and all(e["max"] == 6 for e in mine)
+    previews = [e["preview"] for e in mine if e["preview"] is not None]
+    assert previews and previews[0][0] == "JPEG" and previews[0][1].size[0] > 100  # the live loss plot
+
+
+def test_unsafe_name_is_rejected_before_anything_runs(pack, embeddings):
+    import asyncio
+
+    import execution
+
+    valid = asyncio.run(execution.validate_prompt("x", train_prompt(name="../escape"), None))
+    assert not valid[0]
+    assert "leave the embeddings folder" in str(valid[3])
+    assert list(embeddings.iterdir()) == []

@@ -1,0 +1,130 @@
+"""Helpers for the integration tier: executing graphs in-process, test-only loader nodes."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import uuid
+
+import tiny_comfy
+import torch
+
+
+def submodule(pack, name: str):
+    """e.g. submodule(pack, "nodes.session") — imported under the pack's own module name."""
+    return importlib.import_module(f"{pack.__name__}.{name}")
+
+
+
+# ---------------------------------------------------------------------------------------------
+# Executing graphs in-process
+
+
+class ServerStub:
+    """What PromptExecutor needs of the web server: a place to send messages."""
+
+    def __init__(self):
+        self.client_id = None
+        self.last_node_id = None
+        self.last_prompt_id = None
+        self.messages = []
+
+    def send_sync(self, event, data, sid=None):
+        self.messages.append((event, data))
+
+
+def run_prompt(prompt: dict, expect_success: bool = True):
+    """Validate and execute an API-format prompt; returns (outputs by node id, executor, messages)."""
+    import execution
+
+    prompt_id = str(uuid.uuid4())
+    valid = asyncio.run(execution.validate_prompt(prompt_id, prompt, None))
+    if not valid[0]:
+        raise AssertionError(f"prompt failed validation: {valid[1]} {valid[3]}")
+    server = ServerStub()
+    executor = execution.PromptExecutor(server, cache_type=False)
+    executor.execute(prompt, prompt_id, {}, valid[2])
+    if expect_success and not executor.success:
+        errors = [d for e, d in server.messages if e == "execution_error"]
+        raise AssertionError(f"execution failed: {errors}")
+    outputs = {}
+    for node_id in prompt:
+        entry = executor.caches.outputs.get(node_id)
+        if entry is not None:
+            outputs[node_id] = getattr(entry, "outputs", entry)
+    return outputs, executor, server.messages
+
+
+# ---------------------------------------------------------------------------------------------
+# Test-only nodes standing in for stock loaders (stock detection needs full-size checkpoints)
+
+TINY_CACHE: dict = {}
+
+
+def tiny_objects(family: str):
+    if family not in TINY_CACHE:
+        import folder_paths
+
+        emb = folder_paths.get_folder_paths("embeddings")
+        with torch.inference_mode():
+            TINY_CACHE[family] = (tiny_comfy.build_model(family), tiny_comfy.build_clip(family, embedding_directory=emb),
+                                  tiny_comfy.build_vae())
+    return TINY_CACHE[family]
+
+
+def register_test_nodes():
+    import nodes
+
+    class DTITestTinyCheckpoint:
+        """Stands in for CheckpointLoaderSimple: (MODEL, CLIP, VAE) of a tiny random model."""
+
+        @classmethod
+        def INPUT_TYPES(cls):  # noqa: N802 (ComfyUI's V1 API names)
+            return {"required": {"ckpt_name": ("STRING", {"default": "tiny"}), "family": (["sdxl", "sd1"],)}}
+
+        RETURN_TYPES = ("MODEL", "CLIP", "VAE")
+        FUNCTION = "load"
+        CATEGORY = "testing"
+
+        def load(self, ckpt_name, family):
+            return tiny_objects(family)
+
+    class DTITestImages:
+        """Training images: smooth random blobs."""
+
+        @classmethod
+        def INPUT_TYPES(cls):  # noqa: N802
+            return {"required": {"count": ("INT", {"default": 4}), "size": ("INT", {"default": 64}),
+                                 "seed": ("INT", {"default": 3})}}
+
+        RETURN_TYPES = ("IMAGE",)
+        FUNCTION = "make"
+        CATEGORY = "testing"
+
+        def make(self, count, size, seed):
+            return (tiny_comfy.random_images(count, size, seed),)
+
+    nodes.NODE_CLASS_MAPPINGS["DTITestTinyCheckpoint"] = DTITestTinyCheckpoint
+    nodes.NODE_CLASS_MAPPINGS["DTITestImages"] = DTITestImages
+
+
+class ProgressRecorder:
+    """Installed as ComfyUI's progress-bar hook (what the server's hook receives)."""
+
+    def __init__(self):
+        self.events = []
+
+    def __call__(self, value, total, preview_image, prompt_id=None, node_id=None):
+        self.events.append({"value": value, "max": total, "preview": preview_image, "node": node_id})
+
+    def __enter__(self):
+        import comfy.utils
+
+        self._old = comfy.utils.PROGRESS_BAR_HOOK
+        comfy.utils.set_progress_bar_global_hook(self)
+        return self
+
+    def __exit__(self, *exc):
+        import comfy.utils
+
+        comfy.utils.set_progress_bar_global_hook(self._old)
