@@ -41,6 +41,9 @@ class EncoderConcept:
     m_star: float | None = None  # the encoder's target norm, when the rows were trained/rescaled to it
     encoder_id: str | None = None  # e.g. "clip-l", "gemma-2-2b-it": a different id is another space
     weights_hash: str | None = None
+    # The rows exactly as read from a file: direction × norm rounds in the last bit, and a loaded
+    # embedding must encode bit for bit like the same file in a stock prompt.
+    exact: torch.Tensor | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self.directions = self.directions.detach().to(torch.float32).cpu()
@@ -60,6 +63,8 @@ class EncoderConcept:
             raise ValueError(f"concept directions must be unit rows: {reason}")
         if self.mu is not None:
             self.mu = self.mu.detach().to(torch.float32).cpu().reshape(self.directions.shape)
+        if self.exact is not None:
+            self.exact = self.exact.detach().to(torch.float32).cpu().reshape(self.directions.shape)
 
     @classmethod
     def from_vectors(cls, vectors: torch.Tensor, **kwargs: Any) -> EncoderConcept:
@@ -69,7 +74,7 @@ class EncoderConcept:
         norms = torch.linalg.vector_norm(vectors, dim=-1)
         if bool((norms <= 0).any()):
             raise ValueError("an embedding row is all zeros: it has no direction")
-        return cls(directions=vectors / norms[:, None], norms=norms, **kwargs)
+        return cls(directions=vectors / norms[:, None], norms=norms, exact=vectors.clone(), **kwargs)
 
     @property
     def width(self) -> int:
@@ -80,14 +85,16 @@ class EncoderConcept:
         return int(self.directions.shape[0])
 
     def vectors(self) -> torch.Tensor:
-        """The stored rows e = norm · v, fp32, shape (n, d)."""
+        """The rows e = norm · v, fp32, shape (n, d) (bit-exact file rows for a loaded embedding)."""
+        if self.exact is not None:
+            return self.exact.clone()
         return self.norms[:, None] * self.directions
 
     def rescaled(self, m_star: float) -> EncoderConcept:
         """Every row moved to norm m* (the paper's "TI-rescaled" when applied to a TI embedding)."""
         if not (m_star > 0):
             raise ValueError(f"target norm must be positive, got {m_star!r}")
-        return replace(self, norms=torch.full_like(self.norms, float(m_star)), m_star=float(m_star))
+        return replace(self, norms=torch.full_like(self.norms, float(m_star)), m_star=float(m_star), exact=None)
 
     def is_fixed_norm(self, rtol: float = 1e-5) -> bool:
         if self.m_star is None:

@@ -35,6 +35,18 @@ class EmbeddingFileError(ValueError):
     """A file that cannot be read or written as an embedding; the message names file and problem."""
 
 
+class UnknownWidthError(EmbeddingFileError):
+    """A tensor whose encoder follows only from its width, and no known encoder has that width."""
+
+    def __init__(self, path: Path, key: str, width: int, known: dict[int, str]) -> None:
+        self.path, self.key, self.width, self.known = path, key, width, dict(known)
+        listed = ", ".join(f"{enc} {w} wide" for w, enc in sorted(known.items()))
+        super().__init__(
+            f"{path}: tensor {key!r} has width {width}, which belongs to {describe_width(width)}; "
+            f"the encoders here are {listed}"
+        )
+
+
 @dataclass(frozen=True)
 class SaveLayout:
     """How a set of encoders is written: encoder key → tensor key in the file."""
@@ -268,14 +280,11 @@ def _as_rows(t: Any, path: Path, key: str) -> torch.Tensor:
     return t
 
 
-def _by_width(t: torch.Tensor, path: Path, key: str) -> str:
+def _by_width(t: torch.Tensor, path: Path, key: str, widths: dict[int, str]) -> str:
     width = int(t.shape[-1])
-    if width not in WIDTH_TO_ENCODER:
-        raise EmbeddingFileError(
-            f"{path}: tensor {key!r} has width {width}, which belongs to {describe_width(width)}; "
-            f"this pack reads CLIP-L (768), CLIP-G (1280) and Gemma-2 (2304) embeddings"
-        )
-    return WIDTH_TO_ENCODER[width]
+    if width not in widths:
+        raise UnknownWidthError(path, key, width, widths)
+    return widths[width]
 
 
 def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -314,7 +323,7 @@ def _pair_sibling(path: Path) -> Path | None:
     return other if other.is_file() else None
 
 
-def _classify(raw: dict[str, Any], path: Path) -> tuple[str, dict[str, torch.Tensor]]:
+def _classify(raw: dict[str, Any], path: Path, widths: dict[int, str]) -> tuple[str, dict[str, torch.Tensor]]:
     """Map a file's top-level entries to encoder rows; returns (layout name, vectors)."""
     if "string_to_param" in raw:  # A1111 .pt
         params = raw["string_to_param"]
@@ -322,7 +331,7 @@ def _classify(raw: dict[str, Any], path: Path) -> tuple[str, dict[str, torch.Ten
             raise EmbeddingFileError(f"{path}: 'string_to_param' is empty or not a mapping")
         key, t = next(iter(params.items()))
         rows = _as_rows(t, path, f"string_to_param.{key}")
-        return "a1111", {_by_width(rows, path, key): rows}
+        return "a1111", {_by_width(rows, path, key, widths): rows}
     tensors = {k: v for k, v in raw.items() if isinstance(v, torch.Tensor)}
     if not tensors:
         raise EmbeddingFileError(f"{path}: no tensors found (keys: {sorted(map(str, raw))[:8]})")
@@ -338,20 +347,25 @@ def _classify(raw: dict[str, Any], path: Path) -> tuple[str, dict[str, torch.Ten
     for k in WIDTH_KEYS:
         if k in tensors:
             rows = _as_rows(tensors[k], path, k)
-            return ("kohya" if k == "emb_params" else "onetrainer"), {_by_width(rows, path, k): rows}
+            return ("kohya" if k == "emb_params" else "onetrainer"), {_by_width(rows, path, k, widths): rows}
     if len(tensors) == 1:  # diffusers / official DTI: the single key is the placeholder string
         k, v = next(iter(tensors.items()))
         rows = _as_rows(v, path, k)
-        return "diffusers", {_by_width(rows, path, k): rows}
+        return "diffusers", {_by_width(rows, path, k, widths): rows}
     raise EmbeddingFileError(
         f"{path}: unrecognized layout with tensors {sorted(tensors)[:8]}; expected clip_l/clip_g, gemma, "
         "emb_params, string_to_param or a single placeholder key"
     )
 
 
-def load_embedding(path: str | os.PathLike[str]) -> LoadedEmbedding:
-    """Read any supported embedding file. Pickled formats go through torch.load(weights_only=True)."""
+def load_embedding(path: str | os.PathLike[str], widths: dict[int, str] | None = None) -> LoadedEmbedding:
+    """Read any supported embedding file. Pickled formats go through torch.load(weights_only=True).
+
+    ``widths`` maps a width to an encoder key for layouts that do not name their encoder (kohya,
+    A1111, diffusers): pass the connected model's encoders; the default knows CLIP-L, CLIP-G, Gemma-2.
+    """
     path = Path(path)
+    widths = WIDTH_TO_ENCODER if widths is None else widths
     if not path.is_file():
         raise EmbeddingFileError(f"{path}: no such file")
     suffix = path.suffix.lower()
@@ -368,11 +382,11 @@ def load_embedding(path: str | os.PathLike[str]) -> LoadedEmbedding:
     if metadata.get("format") == FORMAT_NAME:
         return _load_ours(path, raw, metadata)
 
-    layout, vectors = _classify(raw, path)
+    layout, vectors = _classify(raw, path, widths)
     sibling = _pair_sibling(path) if layout == "diffusers" else None
     if sibling is not None:
         other_raw = _read_safetensors(sibling)[0] if sibling.suffix == ".safetensors" else _read_pickle(sibling)
-        other_layout, other_vectors = _classify(other_raw, sibling)
+        other_layout, other_vectors = _classify(other_raw, sibling, widths)
         clash = set(vectors) & set(other_vectors)
         if clash:
             raise EmbeddingFileError(f"{path} and {sibling.name} both hold {sorted(clash)}; cannot merge the pair")

@@ -5,13 +5,17 @@ from __future__ import annotations
 from comfy_api.latest import ComfyExtension, io
 from typing_extensions import override
 
+from .inspector import DTINormInspector
+from .load import DTILoadEmbedding
+from .save import DTISaveConcept
+from .slerp import DTISlerpConcepts
 from .train import DTITrain
 
 
 class DTIExtension(ComfyExtension):
     @override
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
-        return [DTITrain]
+        return [DTITrain, DTILoadEmbedding, DTISlerpConcepts, DTINormInspector, DTISaveConcept]
 
 
 async def comfy_entrypoint() -> DTIExtension:

@@ -170,7 +170,7 @@ def _finish_concept(trainer: Trainer, text: ClipTextSide) -> Concept:
 
 def _run(trainer: Trainer, family: Family, request: TrainRequest, node_id, on_step, text: ClipTextSide) -> SessionResult:
     m_star = {k: i.m_star for k, i in trainer.inits.items()}
-    title = f"DTI Train — {request.name} ({request.method}, {family.label})"
+    title = f"DTI Train - {request.name} ({request.method}, {family.label})"
     progress = host.Progress(trainer.config.steps, node_id)
     checkpoints: list[Path] = []
     first_step = trainer.step

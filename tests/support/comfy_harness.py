@@ -33,17 +33,31 @@ class ServerStub:
         self.messages.append((event, data))
 
 
+def with_sinks(prompt: dict) -> dict:
+    """Add a PreviewAny after every leaf that is not an output node, so the whole graph executes."""
+    import nodes
+
+    prompt = dict(prompt)
+    consumed = {v[0] for node in prompt.values() for v in node["inputs"].values() if isinstance(v, list) and len(v) == 2}
+    for node_id, node in list(prompt.items()):
+        cls = nodes.NODE_CLASS_MAPPINGS[node["class_type"]]
+        if node_id not in consumed and not getattr(cls, "OUTPUT_NODE", False) and cls.RETURN_TYPES:
+            prompt[f"sink_{node_id}"] = {"class_type": "PreviewAny", "inputs": {"source": [node_id, 0]}}
+    return prompt
+
+
 def run_prompt(prompt: dict, expect_success: bool = True):
     """Validate and execute an API-format prompt; returns (outputs by node id, executor, messages)."""
     import execution
 
+    prompt = with_sinks(prompt)
     prompt_id = str(uuid.uuid4())
     valid = asyncio.run(execution.validate_prompt(prompt_id, prompt, None))
     if not valid[0]:
         raise AssertionError(f"prompt failed validation: {valid[1]} {valid[3]}")
     server = ServerStub()
     executor = execution.PromptExecutor(server, cache_type=False)
-    executor.execute(prompt, prompt_id, {}, valid[2])
+    executor.execute(prompt, prompt_id, {"client_id": "tests"}, valid[2])
     if expect_success and not executor.success:
         errors = [d for e, d in server.messages if e == "execution_error"]
         raise AssertionError(f"execution failed: {errors}")
@@ -128,3 +142,12 @@ class ProgressRecorder:
         import comfy.utils
 
         comfy.utils.set_progress_bar_global_hook(self._old)
+
+
+def validate(prompt: dict) -> tuple[bool, str]:
+    """ComfyUI's own prompt validation (what happens on Queue); returns (ok, every message as text)."""
+    import execution
+
+    valid = asyncio.run(execution.validate_prompt(str(uuid.uuid4()), with_sinks(prompt), None))
+    # ComfyUI still runs the valid outputs of a graph with some invalid nodes; any node error fails here
+    return bool(valid[0]) and not valid[3], f"{valid[1]} {valid[3]}"

@@ -38,13 +38,14 @@ def find_comfyui() -> Path | None:
     return None
 
 
-def import_comfy(root: Path) -> None:
-    """Make ComfyUI importable as a library, in CPU mode (must precede comfy.model_management)."""
+def import_comfy(root: Path, cpu: bool = True) -> None:
+    """Make ComfyUI importable as a library, in CPU mode unless told otherwise (must precede
+    comfy.model_management, which reads the flag once)."""
     if str(root) not in sys.path:
         sys.path.insert(0, str(root))
     import comfy.cli_args
 
-    comfy.cli_args.args.cpu = True
+    comfy.cli_args.args.cpu = cpu
     comfy.cli_args.args.disable_all_custom_nodes = False
 
 
@@ -162,3 +163,61 @@ def random_images(n: int = 4, size: int = 128, seed: int = 3) -> torch.Tensor:
     low = torch.rand(n, 3, size // 16, size // 16, generator=g)
     img = torch.nn.functional.interpolate(low, size=(size, size), mode="bicubic", align_corners=False)
     return img.clamp(0, 1).permute(0, 2, 3, 1).contiguous()
+
+
+# ---------------------------------------------------------------------------------------------
+# Full-size shapes (for GPU benchmarks): real architectures, random weights made on the device
+
+
+def full_sdxl_unet_config() -> dict:
+    return {
+        "image_size": 32, "in_channels": 4, "out_channels": 4, "model_channels": 320,
+        "num_res_blocks": [2, 2, 2], "channel_mult": [1, 2, 4], "transformer_depth": [0, 0, 2, 2, 10, 10],
+        "transformer_depth_output": [0, 0, 0, 2, 2, 2, 10, 10, 10], "transformer_depth_middle": 10,
+        "context_dim": 2048, "adm_in_channels": 2816, "num_classes": "sequential",
+        "use_linear_in_transformer": True, "use_temporal_attention": False, "use_spatial_transformer": True,
+        "legacy": False,
+    }
+
+
+@torch.no_grad()
+def randomize_(module: torch.nn.Module, seed: int = 0, table_std: float = 0.02) -> torch.nn.Module:
+    """Fill a module's floating tensors in place, on their own device (fan-in scaled, as above)."""
+    g = None
+    for name, t in module.state_dict(keep_vars=True).items():
+        if not torch.is_floating_point(t):
+            continue
+        if g is None or g.device != t.device:
+            g = torch.Generator(device=t.device).manual_seed(seed)
+        leaf = name.rsplit(".", 1)[-1]
+        if "position_embedding" in name or "token_embedding" in name or "embed_tokens" in name:
+            t.normal_(0, table_std, generator=g)
+        elif t.ndim >= 2:
+            t.normal_(0, 1 / math.sqrt(math.prod(t.shape[1:])), generator=g)
+        elif leaf == "weight":
+            t.fill_(1.0)
+        else:
+            t.zero_()
+    return module
+
+
+def build_full_sdxl(device: str = "cuda", dtype: torch.dtype = torch.float16):
+    """(ModelPatcher, CLIP) with SDXL's real shapes (UNet 2.6 B, CLIP-L 12 + CLIP-G 32 layers), random weights."""
+    import comfy.model_management
+    import comfy.model_patcher
+    import comfy.sd
+    import comfy.sdxl_clip
+    import comfy.supported_models
+    from comfy.supported_models_base import ClipTarget
+
+    config = comfy.supported_models.SDXL(full_sdxl_unet_config())
+    config.set_inference_dtype(dtype, None)
+    model = config.get_model({}, device=device)
+    model.diffusion_model.to(device=device, dtype=dtype)
+    randomize_(model.diffusion_model)
+    patcher = comfy.model_patcher.ModelPatcher(model, load_device=torch.device(device),
+                                               offload_device=comfy.model_management.unet_offload_device())
+    clip = comfy.sd.CLIP(target=ClipTarget(comfy.sdxl_clip.SDXLTokenizer, comfy.sdxl_clip.SDXLClipModel),
+                         model_options={"initial_device": torch.device(device)})
+    randomize_(clip.cond_stage_model, seed=1)
+    return patcher, clip

@@ -250,3 +250,12 @@ def test_metadata_is_plain_strings_and_json():
     facts = json.loads(meta["dti"])
     assert facts["encoders"]["clip_g"]["m_star"] == 0.4515
     assert facts["encoders"]["clip_l"]["n_vectors"] == 2
+
+
+def test_width_decided_layouts_follow_the_connected_models_widths(tmp_path):
+    t = torch.randn(2, 32)
+    torch.save({"string_to_param": {"*": t}}, tmp_path / "tiny.pt")
+    with pytest.raises(formats.UnknownWidthError, match=r"width 32.*clip_l 768 wide, clip_g 1280 wide, gemma 2304 wide"):
+        formats.load_embedding(tmp_path / "tiny.pt")
+    loaded = formats.load_embedding(tmp_path / "tiny.pt", widths={32: "clip_l", 48: "clip_g"})
+    assert torch.equal(loaded.vectors["clip_l"], t)

@@ -1,0 +1,192 @@
+"""Speed and memory of one DTI Train step, printed as figures and ratios measured in one run.
+
+    python benchmarks/train_step.py                  # CPU, tiny SDXL: overhead ratio, s/step, peak RSS
+    python benchmarks/train_step.py --family lumina2 # CPU, tiny Lumina 2 (Gemma-2)
+    python benchmarks/train_step.py --device cuda    # GPU, full-size SDXL shapes, random weights
+
+overhead_ratio = (DTI Train step: the pack's text side + denoise side + optimizer, exactly as the
+node runs it) ÷ (a bare forward + backward of the same modules: precomputed token embeddings with
+the concept rows written in, the text transformers, the UNet, an MSE, no ComfyUI plumbing).
+Run it with ComfyUI's Python (COMFYUI_PATH or ~/comfy/ComfyUI is found as the tests find it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests" / "support"))
+import tiny_comfy  # noqa: E402
+
+
+def load_pack(device: str):
+    root = tiny_comfy.find_comfyui()
+    if root is None:
+        sys.exit("benchmark needs ComfyUI: set COMFYUI_PATH or unpack it into ~/comfy/ComfyUI")
+    tiny_comfy.import_comfy(root, cpu=(device == "cpu"))
+    import nodes
+
+    if not asyncio.run(nodes.load_custom_node(str(ROOT))):
+        sys.exit("the pack failed to load in ComfyUI")
+    pack = sys.modules[str(ROOT).replace(".", "_x_")]
+    return lambda name: importlib.import_module(f"{pack.__name__}.{name}")
+
+
+def sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+class BareStep:
+    """The same modules with no plumbing: fixed token embeddings, rows written in, forward, backward."""
+
+    def __init__(self, mod, text, patcher, family, batch, rows):
+        self.patcher, self.family, self.batch = patcher, family, batch
+        self.base = patcher.model
+        self.sampling = patcher.get_model_object("model_sampling")
+        prepared = [text.prepare(p) for p in batch.prompts]
+        clip_text = mod("nodes.clip_text")
+        self.encoders = []
+        for sub in family.encoders:
+            enc = text.subs[sub.key]
+            key = clip_text.token_key(text.clip, sub)
+            ids, slots, num_tokens = [], [], []
+            for b, p in enumerate(prepared):
+                row = p.tokens[key][0]
+                ids.append([t if isinstance(t, int) else 0 for t, _w in row])
+                slots += [(b, i, t.index) for i, (t, _w) in enumerate(row) if isinstance(t, clip_text._Slot)]
+                end = enc.special_tokens.get("end")
+                first_end = next((i for i, (t, _w) in enumerate(row) if t == end), len(row) - 1)
+                num_tokens.append(first_end + 1)
+            device = enc.transformer.get_input_embeddings().weight.device
+            with torch.no_grad():
+                base_emb = enc.transformer.get_input_embeddings()(torch.tensor(ids, device=device), out_dtype=torch.float32)
+            self.encoders.append((sub.key, enc, base_emb, slots, num_tokens))
+
+    def __call__(self, rows, generator):
+        contexts, pooled = [], None
+        for key, enc, base_emb, slots, num_tokens in self.encoders:
+            emb = base_emb.clone()
+            b, i, r = zip(*slots)
+            emb[list(b), list(i)] = rows[key][list(r)]
+            out = enc.transformer(None, None, embeds=emb, num_tokens=num_tokens, intermediate_output=enc.layer_idx,
+                                  final_layer_norm_intermediate=enc.layer_norm_hidden_state, dtype=torch.float32)
+            contexts.append(out[1] if enc.layer == "hidden" else out[0])
+            pooled = out[2]
+        context = torch.cat(contexts, dim=-1) if len(contexts) > 1 else contexts[0]
+        device = self.patcher.load_device
+        x0 = self.batch.latents.to(device)
+        n = x0.shape[0]
+        sigma = torch.full((n,), float(self.sampling.percent_to_sigma(0.5)), device=device)
+        noise = torch.randn(x0.shape, generator=generator).to(device)
+        x_t = self.sampling.noise_scaling(sigma, noise.clone(), x0)
+        dtype = self.base.manual_cast_dtype or self.base.get_dtype()
+        kwargs = {}
+        if self.family.name == "sdxl":
+            th, tw = self.batch.target_size
+            kwargs["y"] = self.base.encode_adm(pooled_output=pooled, width=tw, height=th, target_width=tw,
+                                               target_height=th, device=device).to(device, dtype)
+        xc = self.sampling.calculate_input(sigma, x_t).to(dtype)
+        out = self.base.diffusion_model(xc, self.sampling.timestep(sigma).float(), context=context.to(device, dtype), **kwargs)
+        loss = ((out.float() - noise) ** 2).mean()
+        loss.backward()
+        return loss
+
+
+def measure(device, mod, model, clip, family_name, resolution, batch_size, steps, warmup, checkpointing, precision):
+    session, tr, clip_text, denoise = mod("nodes.session"), mod("dti.trainer"), mod("nodes.clip_text"), mod("nodes.denoise")
+    families = mod("nodes.families")
+    family = families.detect_clip_family(clip)
+    down = 8
+    g = torch.Generator().manual_seed(0)
+    h = resolution // down
+    examples = [tr.LatentExample(latent=torch.randn(model.model.latent_format.latent_channels, h, h, generator=g),
+                                 original_size=(resolution, resolution)) for _ in range(max(batch_size, 2))]
+    with torch.inference_mode(False), torch.enable_grad():
+        with (session.training_models(model, clip, precision, checkpointing) as patcher,
+              clip_text.ClipTextSide(clip, family, "bench") as text):
+            den = denoise.ModelDenoiseSide(patcher, patcher.load_device)
+            sampler = tr.BatchSampler(examples, batch_size, (h, h), down, tr.OBJECT_TEMPLATES, seed=0)
+            trainer = tr.Trainer(text, den, sampler, tr.TrainConfig(steps=10**6, lr=0.04, kappa=1e-4),
+                                 name="bench", initializer="dog", device=clip.patcher.load_device)
+            text.bind_rows({k: v.shape[0] for k, v in trainer.params.items()})
+            bare = BareStep(mod, text, patcher, family, sampler.next(), None)
+            leaf = {k: v.detach().clone().requires_grad_(True) for k, v in trainer.rows().items()}
+            for _ in range(warmup):
+                trainer.train_step()
+                bare(leaf, g)
+            if device == "cuda":
+                torch.cuda.reset_peak_memory_stats()
+            ours, theirs = [], []
+            for _ in range(steps):  # interleaved, so drift hits both alike
+                sync(device)
+                t0 = time.perf_counter()
+                trainer.train_step()
+                sync(device)
+                t1 = time.perf_counter()
+                for v in leaf.values():
+                    v.grad = None
+                bare(leaf, g)
+                sync(device)
+                t2 = time.perf_counter()
+                ours.append(t1 - t0)
+                theirs.append(t2 - t1)
+            peak_gpu = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else None
+    return statistics.median(ours), statistics.median(theirs), peak_gpu
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    ap.add_argument("--family", choices=["sdxl", "lumina2"], default="sdxl")
+    ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    mod = load_pack(args.device)
+
+    if args.device == "cpu":
+        with torch.inference_mode():
+            if args.family == "sdxl":
+                model, clip = tiny_comfy.build_model("sdxl"), tiny_comfy.build_clip("sdxl")
+            else:
+                model, clip = tiny_comfy.build_lumina2_model(), tiny_comfy.build_gemma_clip()
+        configs = [(128, 4, False, "auto")]
+    else:
+        with torch.inference_mode():
+            if args.family == "sdxl":
+                model, clip = tiny_comfy.build_full_sdxl("cuda")
+            else:
+                model, clip = tiny_comfy.build_full_lumina2("cuda")
+        configs = [(1024, 1, False, "bf16"), (1024, 1, True, "bf16"), (768, 4, False, "bf16"), (768, 4, True, "bf16")]
+
+    print(f"# DTI Train step, {args.family}, device {args.device}, torch {torch.__version__}, threads {args.threads}")
+    for resolution, batch, gc, precision in configs:
+        try:
+            ours, bare, peak = measure(args.device, mod, model, clip, args.family, resolution, batch, args.steps, args.warmup,
+                                       gc, precision)
+        except torch.cuda.OutOfMemoryError as e:
+            print(f"resolution={resolution} batch={batch} checkpointing={gc}: out of memory ({e})")
+            torch.cuda.empty_cache()
+            continue
+        line = (f"resolution={resolution} batch={batch} precision={precision} checkpointing={gc} "
+                f"s_per_step={ours:.4f} it_per_s={1 / ours:.2f} bare_s_per_step={bare:.4f} overhead_ratio={ours / bare:.3f}")
+        if peak is not None:
+            line += f" peak_gpu_gib={peak:.2f}"
+        print(line)
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"peak_rss_mib={rss:.0f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,108 @@
+"""DTI Load Embedding: a concept or ordinary TI file from the embeddings folder, encoded into a prompt."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import folder_paths
+from comfy_api.latest import io, ui
+
+from ..dti import formats
+from .clip_text import encode_conditioning
+from .families import detect_clip_family
+from .types import DTIConcept
+from .vocab import fit, load_for, rescale_to_m_star
+
+NORM_MODES = ("as saved", "rescale to m* (TI-rescaled)")
+
+
+def embedding_choices() -> list[str]:
+    return formats.list_embedding_files(folder_paths.get_folder_paths("embeddings"))
+
+
+def resolve_embedding(relative: str) -> Path:
+    """The file for a choice, searched in every embeddings folder, never outside them."""
+    for folder in folder_paths.get_folder_paths("embeddings"):
+        try:
+            path = formats.resolve_inside(folder, relative)
+        except formats.EmbeddingFileError:
+            continue
+        if path.is_file():
+            return path
+    raise formats.EmbeddingFileError(
+        f"embedding {relative!r} was not found in the embeddings folder(s) {folder_paths.get_folder_paths('embeddings')}; "
+        "refresh the node (R) after adding files"
+    )
+
+
+def placeholder_name(relative: str) -> str:
+    """The name prompts use for a file: its path without extension, as in stock `embedding:name`."""
+    stem = relative
+    for ext in formats.EXTENSIONS:
+        if stem.lower().endswith(ext):
+            stem = stem[: -len(ext)]
+    return stem.replace(os.sep, "/")
+
+
+class DTILoadEmbedding(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="DTILoadEmbedding",
+            display_name="DTI Load Embedding",
+            category="DTI",
+            description=(
+                "Loads a DTI concept or an ordinary textual-inversion embedding (A1111 .pt, kohya, OneTrainer, diffusers, "
+                "official DTI) and encodes a prompt that uses it. Works for Gemma models too, where stock "
+                "embedding: prompts do nothing."
+            ),
+            inputs=[
+                io.Clip.Input("clip", tooltip="The text encoder to encode with; the file's widths must fit it."),
+                io.Combo.Input("embedding", options=embedding_choices(),
+                               tooltip="A file in the embeddings folder (subfolders included)."),
+                io.String.Input("prompt", multiline=True, default="a photo of {} on a beach",
+                                tooltip="Write {} (or embedding:<file name>) where the concept goes."),
+                io.Combo.Input("norm", options=list(NORM_MODES), default=NORM_MODES[0],
+                               tooltip="'rescale to m*' keeps each vector's direction and sets its norm to the encoder's "
+                                       "mean vocabulary norm — the paper's fix for TI vectors that drown the prompt."),
+            ],
+            outputs=[
+                io.Conditioning.Output(display_name="conditioning", tooltip="The prompt encoded with the embedding."),
+                DTIConcept.Output(display_name="concept", tooltip="The embedding as a concept, for Slerp, Inspector or Save."),
+                io.String.Output(display_name="summary", tooltip="What was loaded: layout, vectors, norms."),
+            ],
+        )
+
+    @classmethod
+    def fingerprint_inputs(cls, clip=None, embedding=None, prompt=None, norm=None) -> str:
+        # Re-execute when the file changes, even under the same name.
+        try:
+            st = resolve_embedding(embedding).stat()
+            return f"{embedding}:{st.st_mtime_ns}:{st.st_size}"
+        except (formats.EmbeddingFileError, OSError, TypeError):
+            return f"{embedding}:missing"
+
+    @classmethod
+    def validate_inputs(cls, embedding=None, **_kw) -> bool | str:
+        if embedding is not None:
+            try:
+                resolve_embedding(embedding)
+            except formats.EmbeddingFileError as e:
+                return str(e)
+        return True
+
+    @classmethod
+    def execute(cls, clip, embedding, prompt, norm) -> io.NodeOutput:
+        family = detect_clip_family(clip)
+        path = resolve_embedding(embedding)
+        loaded = load_for(path, clip, family)
+        name = placeholder_name(embedding)
+        concept, notes = fit(loaded.to_concept(name=name), clip, family, source=f"{path.name}")
+        concept.name = name
+        if norm == NORM_MODES[1]:
+            concept = rescale_to_m_star(concept, clip, family)
+        conditioning = encode_conditioning(clip, family, name, prompt, concept.vectors())
+        lines = [f"{path.name}: {loaded.layout} layout", concept.describe(), *notes]
+        summary = "\n".join(lines)
+        return io.NodeOutput(conditioning, concept, summary, ui=ui.PreviewText(summary))

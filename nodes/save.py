@@ -1,0 +1,45 @@
+"""DTI Save Concept: write any concept (trained, blended, rescaled) to the embeddings folder."""
+
+from __future__ import annotations
+
+from comfy_api.latest import io, ui
+
+from ..dti import formats
+from . import host
+from .types import DTIConcept
+
+ON_EXISTS = ("increment", "overwrite", "error")
+
+
+class DTISaveConcept(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="DTISaveConcept",
+            display_name="DTI Save Concept",
+            category="DTI",
+            description="Saves a concept to the embeddings folder in the layout stock loaders read, so embedding:name works.",
+            is_output_node=True,
+            inputs=[
+                DTIConcept.Input("concept", tooltip="The concept to save (e.g. a blend from DTI Slerp Concepts)."),
+                io.String.Input("name", default="my_blend", tooltip="File name; prompts then use embedding:name."),
+                io.Combo.Input("if_exists", options=list(ON_EXISTS), default="increment",
+                               tooltip="increment (name_2, …), overwrite, or stop with an error."),
+            ],
+            outputs=[io.String.Output(display_name="path", tooltip="Where the file was written.")],
+        )
+
+    @classmethod
+    def validate_inputs(cls, name=None, **_kw) -> bool | str:
+        if name is not None:
+            try:
+                formats.safe_name(name)
+            except formats.EmbeddingFileError as e:
+                return str(e)
+        return True
+
+    @classmethod
+    def execute(cls, concept, name, if_exists) -> io.NodeOutput:
+        path = formats.save_concept(concept, host.embeddings_folder(), name, if_exists)
+        text = f"saved {concept.describe()} to {path}; use it as embedding:{path.stem}"
+        return io.NodeOutput(str(path), ui=ui.PreviewText(text))

@@ -1,0 +1,121 @@
+"""A CLIP's vocabularies as the using nodes need them: tables, cached norm statistics, decoding,
+and whether a concept fits this CLIP at all."""
+
+from __future__ import annotations
+
+import collections
+
+import torch
+
+from ..dti import formats, magnitude
+from ..dti.concept import Concept, describe_width
+from .families import Family
+
+FAMILY_LABELS = {"sd1": "SD1.x", "sdxl": "SDXL", "lumina2": "Lumina 2", "sana": "SANA"}
+
+
+class ConceptMismatchError(ValueError):
+    """A concept or file that does not fit the connected CLIP; says what it is and what it needs."""
+
+
+def table(clip, family: Family, key: str) -> torch.Tensor:
+    sub = next(s for s in family.encoders if s.key == key)
+    return getattr(clip.cond_stage_model, sub.attr).transformer.get_input_embeddings().weight
+
+
+_STATS: collections.OrderedDict = collections.OrderedDict()
+
+
+def stats(t: torch.Tensor) -> tuple[magnitude.NormStats, torch.Tensor]:
+    """Norm statistics and row norms of a table, cached while the same weights stay loaded."""
+    key = (t.data_ptr(), tuple(t.shape), t.dtype, t.device.type)
+    if key not in _STATS:
+        norms = magnitude.row_norms(t)
+        _STATS[key] = (magnitude.norm_stats(t, norms), norms)
+        while len(_STATS) > 6:
+            _STATS.popitem(last=False)
+    _STATS.move_to_end(key)
+    return _STATS[key]
+
+
+def decode(clip, family: Family, key: str, ids: list[int]) -> list[str]:
+    """Token strings for vocabulary ids ('</w>' marks a CLIP word end, '▁' a SentencePiece word start)."""
+    sub = next(s for s in family.encoders if s.key == key)
+    tok = getattr(clip.tokenizer, sub.attr)
+    inv = getattr(tok, "inv_vocab", {})
+    return [inv.get(int(i), f"<{int(i)}>") for i in ids]
+
+
+def width_map(clip, family: Family) -> dict[int, str]:
+    """This CLIP's encoders by width, for files that only say how wide their vectors are."""
+    return {int(table(clip, family, s.key).shape[1]): s.key for s in family.encoders}
+
+
+def load_for(path, clip, family: Family):
+    """formats.load_embedding against this CLIP, with a mismatch error naming both widths and the family."""
+    try:
+        return formats.load_embedding(path, widths=width_map(clip, family))
+    except formats.UnknownWidthError as e:
+        listed = ", ".join(f"{k} {w} wide" for w, k in sorted(e.known.items()))
+        raise ConceptMismatchError(
+            f"{e.path.name}: its vectors are {e.width} wide — {describe_width(e.width)} — but this CLIP is {family.label} "
+            f"({listed}). The file belongs to another model family; load an embedding made for {family.label}"
+        ) from e
+
+
+def guess_family(concept: Concept) -> str:
+    if concept.family:
+        return FAMILY_LABELS.get(concept.family, concept.family)
+    keys = set(concept.encoders)
+    if keys == {"clip_l", "clip_g"}:
+        return "SDXL"
+    if keys == {"clip_l"}:
+        return "SD1.x"
+    if keys == {"clip_g"}:
+        return "an SDXL refiner / CLIP-G-only model"
+    if keys == {"gemma"}:
+        return "a Gemma-2 model (Lumina 2 / SANA)"
+    return "an unknown family"
+
+
+def fit(concept: Concept, clip, family: Family, source: str | None = None) -> tuple[Concept, list[str]]:
+    """The concept restricted to this CLIP's encoders, or ConceptMismatchError; plus notes for the user."""
+    what = source or f"concept {concept.name!r}"
+    notes = []
+    missing = [s.key for s in family.encoders if s.key not in concept.encoders]
+    if missing:
+        have = ", ".join(f"{k} ({e.width} wide)" for k, e in concept.encoders.items())
+        raise ConceptMismatchError(
+            f"{what} has {have} — rows for {guess_family(concept)} — but this CLIP is {family.label} and needs "
+            f"{', '.join(s.key for s in family.encoders)}; missing {', '.join(missing)}. Use a concept trained for {family.label}"
+        )
+    encoders = {}
+    for sub in family.encoders:
+        enc = concept.encoders[sub.key]
+        width = int(table(clip, family, sub.key).shape[1])
+        if enc.width != width:
+            raise ConceptMismatchError(
+                f"{what}: its {sub.key} rows are {enc.width} wide — that is {describe_width(enc.width)} — but this CLIP's "
+                f"{sub.key} ({family.label}) is {width} wide. The file belongs to another model; load a {family.label} embedding"
+            )
+        if enc.encoder_id and enc.encoder_id != sub.encoder_id:
+            raise ConceptMismatchError(
+                f"{what} was trained on {enc.encoder_id}, but this CLIP's {sub.key} is {sub.encoder_id}; the two "
+                "encoders have different embedding spaces, so the vectors would mean something else. Retrain it for this model"
+            )
+        encoders[sub.key] = enc
+    extra = sorted(set(concept.encoders) - set(encoders))
+    if extra:
+        notes.append(f"{what}: using {', '.join(encoders)} only; {', '.join(extra)} rows are not used by {family.label}")
+    fitted = Concept(name=concept.name, encoders=encoders, method=concept.method, family=concept.family, info=concept.info)
+    return fitted, notes
+
+
+def rescale_to_m_star(concept: Concept, clip, family: Family, policy: str | float = "mean") -> Concept:
+    """Every row moved to its encoder's m* (direction kept): the paper's TI-rescaled."""
+    encoders = {}
+    for key, enc in concept.encoders.items():
+        s, _norms = stats(table(clip, family, key))
+        encoders[key] = enc.rescaled(magnitude.target_norm(s, policy))
+    info = dict(concept.info, rescaled_from=concept.method)
+    return Concept(name=concept.name, encoders=encoders, method="ti_rescaled", family=concept.family, info=info)
