@@ -85,7 +85,10 @@ class DTITrain(io.ComfyNode):
                                        "'keep size' trains at the images' own size, which must be the same for all."),
                 io.Boolean.Input("random_crop", default=False, tooltip="Random instead of centered crops."),
                 io.Boolean.Input("flip", default=False, tooltip="Randomly mirror images (both versions are encoded once)."),
-                io.Int.Input("seed", default=42, min=0, max=0xFFFFFFFF, tooltip="Seed for noise, timesteps, crops and templates."),
+                # Not called "seed": the front end gives "seed" inputs a randomize-after-queue control by
+                # default, which would retrain on every Queue.
+                io.Int.Input("training_seed", default=42, min=0, max=0xFFFFFFFF,
+                             tooltip="Seed for noise, timesteps, crops and templates; fixed, so queuing again reuses the result."),
                 io.Combo.Input("templates", options=sorted(TEMPLATES), default="object",
                                tooltip="Training prompts: the 27 ImageNet object templates or the style templates."),
                 io.String.Input("captions", multiline=True, default="",
@@ -144,7 +147,7 @@ class DTITrain(io.ComfyNode):
             magnitude=kw["magnitude_value"] if kw["magnitude"] == "custom" else kw["magnitude"],
             batch_size=kw["batch_size"] or d.batch_size, grad_accum=kw["grad_accum"] or d.grad_accum,
             resolution=kw["resolution"] or d.resolution, resize=kw["resize"], random_crop=kw["random_crop"],
-            flip=kw["flip"], seed=kw["seed"], templates=kw["templates"], captions=kw["captions"],
+            flip=kw["flip"], seed=kw["training_seed"], templates=kw["templates"], captions=kw["captions"],
             n_vectors=kw["vectors"] or None, precision=kw["precision"],
             gradient_checkpointing=kw["gradient_checkpointing"], checkpoint_every=kw["checkpoint_every"],
             resume=None if kw["resume"] in (None, NO_RESUME) else str(host.checkpoints_folder() / kw["resume"]),
@@ -154,5 +157,5 @@ class DTITrain(io.ComfyNode):
         vectors = session.concept.vectors()
         conditioning = encode_conditioning(clip, family, request.name, kw["prompt"], vectors)
         plot = to_image_tensor(session.plot)
-        ui_out = ui.PreviewImage(plot, cls=cls).as_dict() | {"text": (session.summary,)}
-        return io.NodeOutput(session.concept, conditioning, plot, session.summary, ui=ui_out)
+        # The node shows the live chart (web extension) and the summary; the plot stays an output.
+        return io.NodeOutput(session.concept, conditioning, plot, session.summary, ui=ui.PreviewText(session.summary))

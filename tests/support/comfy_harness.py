@@ -120,6 +120,15 @@ def register_test_nodes():
 
     nodes.NODE_CLASS_MAPPINGS["DTITestTinyCheckpoint"] = DTITestTinyCheckpoint
     nodes.NODE_CLASS_MAPPINGS["DTITestImages"] = DTITestImages
+    _TEST_NODES.update(DTITestTinyCheckpoint=DTITestTinyCheckpoint, DTITestImages=DTITestImages)
+
+
+_TEST_NODES: dict = {}
+
+
+def test_node_classes() -> dict:
+    """The test-only node classes, for a custom-node package's NODE_CLASS_MAPPINGS."""
+    return dict(_TEST_NODES)
 
 
 class ProgressRecorder:

@@ -43,7 +43,10 @@ def import_comfy(root: Path, cpu: bool = True) -> None:
     comfy.model_management, which reads the flag once)."""
     if str(root) not in sys.path:
         sys.path.insert(0, str(root))
+    # main.py imports ComfyUI's utils package before nodes.py puts comfy/ first on sys.path, where
+    # comfy/utils.py would shadow it; a library user must do the same.
     import comfy.cli_args
+    import utils.extra_config  # noqa: F401
 
     comfy.cli_args.args.cpu = cpu
     comfy.cli_args.args.disable_all_custom_nodes = False

@@ -1,0 +1,330 @@
+"""Example workflows: build them in ComfyUI's UI format, convert them to the executor's API format,
+and swap stock loaders for test-only ones.
+
+Widget order comes from each node class's INPUT_TYPES, as the front end derives it, so this needs
+ComfyUI importable with the pack loaded. The web tests check the conversion against the front
+end's own graphToPrompt.
+
+    python tests/support/workflow_tools.py          # rewrite workflows/*.json from the definitions below
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+WIDGET_TYPES = ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO")
+UI_ONLY = ("Note", "MarkdownNote", "Reroute", "PrimitiveNode")
+WORKFLOWS = Path(__file__).resolve().parents[2] / "workflows"
+
+
+def node_class(type_name: str):
+    import nodes
+
+    if type_name not in nodes.NODE_CLASS_MAPPINGS:
+        raise KeyError(f"node type {type_name!r} is not registered")
+    return nodes.NODE_CLASS_MAPPINGS[type_name]
+
+
+def input_specs(type_name: str) -> list[tuple[str, Any, dict]]:
+    """(name, type, options) of required then optional inputs, in declaration order."""
+    defs = node_class(type_name).INPUT_TYPES()
+    out = []
+    for section in ("required", "optional"):
+        for name, spec in defs.get(section, {}).items():
+            typ = spec[0]
+            opts = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
+            out.append((name, typ, opts))
+    return out
+
+
+def is_widget(typ: Any, opts: dict) -> bool:
+    if opts.get("forceInput"):
+        return False
+    return isinstance(typ, list) or typ in WIDGET_TYPES
+
+
+def widget_slots(type_name: str) -> list[tuple[str, bool]]:
+    """Widget names in widgets_values order; True marks the hidden 'control after generate' value."""
+    slots = []
+    for name, typ, opts in input_specs(type_name):
+        if is_widget(typ, opts):
+            slots.append((name, False))
+            # the front end's rule: a second, hidden value follows seed-like widgets
+            if opts.get("control_after_generate") or name in ("seed", "noise_seed"):
+                slots.append((name, True))
+    return slots
+
+
+def outputs_of(type_name: str) -> list[tuple[str, str]]:
+    cls = node_class(type_name)
+    types = list(cls.RETURN_TYPES)
+    names = list(getattr(cls, "RETURN_NAMES", None) or types)
+    return list(zip(names, [t if isinstance(t, str) else "COMBO" for t in types]))
+
+
+# ---------------------------------------------------------------------------------------------
+# Building UI-format graphs
+
+
+@dataclass
+class Graph:
+    title: str
+    nodes: list[dict] = field(default_factory=list)
+    links: list[list] = field(default_factory=list)
+
+    def add(self, type_name: str, pos: tuple[int, int], size: tuple[int, int] = (320, 200), title: str | None = None,
+            **widgets: Any) -> int:
+        node_id = len(self.nodes) + 1
+        if type_name in UI_ONLY:
+            node = {"id": node_id, "type": type_name, "pos": list(pos), "size": list(size), "flags": {}, "order": node_id - 1,
+                    "mode": 0, "properties": {}, "widgets_values": [widgets.get("text", "")]}
+            if title:
+                node["title"] = title
+            self.nodes.append(node)
+            return node_id
+        values = []
+        defaults = {name: (opts.get("default"), typ) for name, typ, opts in input_specs(type_name)}
+        for name, control in widget_slots(type_name):
+            if control:
+                values.append("fixed")
+                continue
+            if name in widgets:
+                values.append(widgets.pop(name))
+            else:
+                default, typ = defaults[name]
+                values.append(default if default is not None or not isinstance(typ, list) else typ[0])
+        if widgets:
+            raise KeyError(f"{type_name} has no widgets {sorted(widgets)}")
+        inputs = [{"name": name, "type": typ if isinstance(typ, str) else "COMBO", "link": None}
+                  for name, typ, opts in input_specs(type_name) if not is_widget(typ, opts)]
+        outputs = [{"name": n, "type": t, "links": [], "slot_index": i} for i, (n, t) in enumerate(outputs_of(type_name))]
+        node = {"id": node_id, "type": type_name, "pos": list(pos), "size": list(size), "flags": {}, "order": node_id - 1,
+                "mode": 0, "inputs": inputs, "outputs": outputs, "properties": {"Node name for S&R": type_name},
+                "widgets_values": values}
+        if title:
+            node["title"] = title
+        self.nodes.append(node)
+        return node_id
+
+    def link(self, src: int, slot: int, dst: int, input_name: str) -> None:
+        link_id = len(self.links) + 1
+        out = self.nodes[src - 1]["outputs"][slot]
+        target = next(i for i in self.nodes[dst - 1]["inputs"] if i["name"] == input_name)
+        if target["link"] is not None:
+            raise ValueError(f"input {input_name} of node {dst} is already linked")
+        target["link"] = link_id
+        out["links"].append(link_id)
+        self.links.append([link_id, src, slot, dst, list(i["name"] for i in self.nodes[dst - 1]["inputs"]).index(input_name),
+                           out["type"]])
+
+    def to_json(self) -> dict:
+        return {
+            "last_node_id": len(self.nodes), "last_link_id": len(self.links), "nodes": self.nodes, "links": self.links,
+            "groups": [], "config": {}, "extra": {"ds": {"scale": 0.8, "offset": [40, 40]}, "title": self.title},
+            "version": 0.4,
+        }
+
+
+# ---------------------------------------------------------------------------------------------
+# UI format → API format, and loader swaps for tests
+
+
+def to_api(workflow: dict) -> dict:
+    """The prompt the executor runs, from a UI-format workflow (what the front end's graphToPrompt does)."""
+    links = {link[0]: link for link in workflow["links"]}
+    prompt = {}
+    for node in workflow["nodes"]:
+        if node["type"] in UI_ONLY or node.get("mode", 0) in (2, 4):
+            continue
+        inputs: dict[str, Any] = {}
+        values = list(node.get("widgets_values") or [])
+        slots = widget_slots(node["type"])
+        if len(values) != len(slots):
+            raise ValueError(f"node {node['id']} ({node['type']}): {len(values)} widget values for {len(slots)} widgets {slots}")
+        for (name, control), value in zip(slots, values):
+            if not control:
+                inputs[name] = value
+        for inp in node.get("inputs", []):
+            if inp.get("link") is not None:
+                link = links[inp["link"]]
+                inputs[inp["name"]] = [str(link[1]), link[2]]
+        prompt[str(node["id"])] = {"class_type": node["type"], "inputs": inputs}
+    return prompt
+
+
+TEST_LOADERS = {
+    # stock loader → (test loader, widget values); outputs keep their order and types
+    "CheckpointLoaderSimple": ("DTITestTinyCheckpoint", ["tiny", "sdxl"]),
+}
+
+
+def swap_loaders(workflow: dict, family: str = "sdxl") -> dict:
+    """A copy where each stock checkpoint loader is the test-only loader of tiny models."""
+    wf = json.loads(json.dumps(workflow))
+    for node in wf["nodes"]:
+        if node["type"] in TEST_LOADERS:
+            new_type, values = TEST_LOADERS[node["type"]]
+            node["type"] = new_type
+            node["widgets_values"] = [values[0], family]
+    return wf
+
+
+def set_widgets(workflow: dict, node_type: str, **values: Any) -> dict:
+    """Change widget values by name on every node of a type (e.g. fewer steps for a test run)."""
+    for node in workflow["nodes"]:
+        if node["type"] != node_type:
+            continue
+        slots = widget_slots(node_type)
+        for name, value in values.items():
+            index = slots.index((name, False))
+            node["widgets_values"][index] = value
+    return workflow
+
+
+# ---------------------------------------------------------------------------------------------
+# The shipped examples
+
+
+def note(g: Graph, pos, text: str, size=(330, 240)) -> None:
+    g.add("MarkdownNote", pos, size=size, text=text)
+
+
+def sampler_tail(g: Graph, ckpt: int, positive: tuple[int, int], x: int, y: int, width: int, height: int, batch: int = 1,
+                 steps: int = 25, prefix: str = "dti") -> None:
+    neg = g.add("CLIPTextEncode", (x, y), size=(360, 120), title="Negative prompt", text="blurry, low quality")
+    g.link(ckpt, 1, neg, "clip")
+    latent = g.add("EmptyLatentImage", (x, y + 170), size=(300, 110), width=width, height=height, batch_size=batch)
+    ks = g.add("KSampler", (x + 400, y), size=(320, 270), seed=42, steps=steps, cfg=6.0, sampler_name="dpmpp_2m",
+               scheduler="karras", denoise=1.0)
+    g.link(ckpt, 0, ks, "model")
+    g.link(positive[0], positive[1], ks, "positive")
+    g.link(neg, 0, ks, "negative")
+    g.link(latent, 0, ks, "latent_image")
+    dec = g.add("VAEDecode", (x + 760, y), size=(220, 50))
+    g.link(ks, 0, dec, "samples")
+    g.link(ckpt, 2, dec, "vae")
+    save = g.add("SaveImage", (x + 760, y + 100), size=(420, 420), filename_prefix=prefix)
+    g.link(dec, 0, save, "images")
+
+
+def build_train_sdxl() -> Graph:
+    g = Graph("DTI: train an SDXL concept and sample with it")
+    ckpt = g.add("CheckpointLoaderSimple", (40, 80), size=(330, 100), ckpt_name="sd_xl_base_1.0.safetensors")
+    imgs = g.add("LoadImageSetFromFolderNode", (40, 240), size=(330, 90), folder="my_concept", resize_method="None")
+    train = g.add("DTITrain", (420, 80), size=(380, 900), name="my_concept", initializer="dog",
+                  prompt="a photo of {} on a beach at sunset")
+    g.link(ckpt, 0, train, "model")
+    g.link(ckpt, 1, train, "clip")
+    g.link(ckpt, 2, train, "vae")
+    g.link(imgs, 0, train, "images")
+    plot = g.add("PreviewImage", (850, 640), size=(420, 320), title="Loss and norms")
+    g.link(train, 2, plot, "images")
+    summary = g.add("PreviewAny", (1300, 640), size=(420, 240), title="Training summary")
+    g.link(train, 3, summary, "source")
+    sampler_tail(g, ckpt, (train, 1), 850, 80, 1024, 1024, prefix="dti_train")
+    note(g, (40, 380), "**DTI Train** learns *my_concept* from the images in `input/my_concept/` "
+                       "(3–10 photos of one subject).\n\nEach token vector keeps CLIP's in-distribution norm m* and only its "
+                       "direction is trained. Defaults follow the paper (768², batch 4, 400 steps, angle 0.04/step, κ 1e-4). "
+                       "The concept is saved to `models/embeddings/my_concept.safetensors`; afterwards any prompt can use "
+                       "`embedding:my_concept`.")
+    return g
+
+
+def build_load_and_sample() -> Graph:
+    g = Graph("DTI: load a concept and sample")
+    ckpt = g.add("CheckpointLoaderSimple", (40, 80), size=(330, 100), ckpt_name="sd_xl_base_1.0.safetensors")
+    load = g.add("DTILoadEmbedding", (420, 80), size=(380, 260), embedding="my_concept.safetensors",
+                 prompt="a watercolor painting of {} in a snowy forest")
+    g.link(ckpt, 1, load, "clip")
+    sampler_tail(g, ckpt, (load, 0), 850, 80, 1024, 1024, prefix="dti_load")
+    note(g, (40, 380), "**DTI Load Embedding** reads DTI concepts and ordinary TI files (A1111 .pt, kohya, OneTrainer, "
+                       "diffusers, official DTI). Write `{}` where the concept goes. Set *norm* to *rescale to m\\** to fix an "
+                       "old TI embedding whose huge norm drowns the rest of the prompt.")
+    return g
+
+
+def build_slerp_strip() -> Graph:
+    g = Graph("DTI: interpolation strip between two concepts")
+    ckpt = g.add("CheckpointLoaderSimple", (40, 80), size=(330, 100), ckpt_name="sd_xl_base_1.0.safetensors")
+    a = g.add("DTILoadEmbedding", (420, 40), size=(380, 240), title="Concept A", embedding="concept_a.safetensors")
+    b = g.add("DTILoadEmbedding", (420, 320), size=(380, 240), title="Concept B", embedding="concept_b.safetensors")
+    g.link(ckpt, 1, a, "clip")
+    g.link(ckpt, 1, b, "clip")
+    slerp = g.add("DTISlerpConcepts", (850, 40), size=(380, 330), prompt="a photo of {} on a beach", t=0.5, t_values="0:1:5")
+    g.link(ckpt, 1, slerp, "clip")
+    g.link(a, 1, slerp, "concept_a")
+    g.link(b, 1, slerp, "concept_b")
+    save = g.add("DTISaveConcept", (850, 420), size=(380, 110), name="halfway_blend")
+    g.link(slerp, 1, save, "concept")
+    sampler_tail(g, ckpt, (slerp, 0), 1280, 40, 1024, 1024, batch=5, prefix="dti_strip")
+    note(g, (40, 240), "**DTI Slerp Concepts** moves each vector along the great circle between two concepts at fixed norm. "
+                       "`t_values` = `0:1:5` gives five conditionings in one batch: the latent batch size (5) must match, "
+                       "and one KSampler run renders the whole strip. *DTI Save Concept* keeps the t = 0.5 blend.")
+    return g
+
+
+def build_inspect() -> Graph:
+    g = Graph("DTI: inspect an ordinary TI embedding next to a DTI concept")
+    ckpt = g.add("CheckpointLoaderSimple", (40, 80), size=(330, 100), ckpt_name="sd_xl_base_1.0.safetensors")
+    ti = g.add("DTINormInspector", (420, 40), size=(380, 160), title="Ordinary TI embedding",
+               embedding="my_ti_embedding.safetensors", k=8)
+    g.link(ckpt, 1, ti, "clip")
+    load = g.add("DTILoadEmbedding", (40, 300), size=(330, 240), embedding="my_concept.safetensors")
+    g.link(ckpt, 1, load, "clip")
+    dti = g.add("DTINormInspector", (420, 300), size=(380, 160), title="DTI concept", k=8)
+    g.link(ckpt, 1, dti, "clip")
+    g.link(load, 1, dti, "concept")
+    for i, node in enumerate((ti, dti)):
+        view = g.add("PreviewImage", (850, 40 + 460 * i), size=(520, 420))
+        g.link(node, 1, view, "images")
+        text = g.add("PreviewAny", (1400, 40 + 460 * i), size=(520, 420))
+        g.link(node, 0, text, "source")
+    note(g, (40, 600), "**DTI Norm Inspector**: an ordinary TI vector sits far above the vocabulary's norms; its Euclidean "
+                       "neighbours are just large tokens, and after the first LayerNorm its position signal is gone. The DTI "
+                       "concept sits at m*, keeps its position signal, and its cosine neighbours say what it means.")
+    return g
+
+
+EXAMPLES = {
+    "dti_train_sdxl": build_train_sdxl,
+    "dti_load_and_sample": build_load_and_sample,
+    "dti_slerp_strip": build_slerp_strip,
+    "dti_inspect_ti_vs_dti": build_inspect,
+}
+
+
+def write_examples(names: list[str] | None = None) -> list[Path]:
+    WORKFLOWS.mkdir(exist_ok=True)
+    written = []
+    for name, build in EXAMPLES.items():
+        if names and name not in names:
+            continue
+        path = WORKFLOWS / f"{name}.json"
+        path.write_text(json.dumps(build().to_json(), indent=1, ensure_ascii=False) + "\n")
+        written.append(path)
+    return written
+
+
+def _load_comfy_with_pack() -> None:
+    import asyncio
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import comfy_harness
+    import tiny_comfy
+
+    tiny_comfy.import_comfy(tiny_comfy.find_comfyui())
+    import nodes
+
+    asyncio.run(nodes.init_extra_nodes(init_custom_nodes=False, init_api_nodes=False))
+    asyncio.run(nodes.load_custom_node(str(tiny_comfy.PACK_ROOT)))
+    comfy_harness.register_test_nodes()
+
+
+if __name__ == "__main__":
+    _load_comfy_with_pack()
+    for p in write_examples(sys.argv[1:] or None):
+        print("wrote", p)

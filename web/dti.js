@@ -1,0 +1,158 @@
+// ComfyUI-DTI front end: a live loss / norm chart on DTI Train, and the report text of the
+// pack's nodes shown on the node itself (the Norm Inspector's diagnosis, Train's summary, ...).
+import { app } from "../../scripts/app.js";
+import { api } from "../../scripts/api.js";
+
+// Kept on window so tests and other extensions can read what the chart shows.
+const STATE = (window.__comfyui_dti = window.__comfyui_dti || { train: {}, reports: {} });
+const TEXT_NODES = ["DTITrain", "DTINormInspector", "DTILoadEmbedding", "DTISlerpConcepts", "DTISaveConcept"];
+const COLORS = ["#5aaaff", "#ff9646", "#78dc78", "#e664a0"];
+
+function emaSeries(values, alpha = 0.1) {
+  let acc = null;
+  return values.map((v) => {
+    if (!Number.isFinite(v)) return NaN;
+    acc = acc === null ? v : (1 - alpha) * acc + alpha * v;
+    return acc;
+  });
+}
+
+function drawPanel(ctx, box, title, xs, series, hlines, logY) {
+  const [x0, y0, x1, y1] = box;
+  ctx.strokeStyle = "#3c3c44";
+  ctx.strokeRect(x0, y0, x1 - x0, y1 - y0);
+  ctx.fillStyle = "#ddd";
+  ctx.font = "11px sans-serif";
+  ctx.fillText(title, x0 + 4, y0 - 4);
+  const t = (v) => (logY ? Math.log10(Math.max(v, 1e-12)) : v);
+  const ys = series.flatMap((s) => s.values).concat(hlines.map((h) => h.value)).filter(Number.isFinite).map(t);
+  if (!xs.length || !ys.length) {
+    ctx.fillText("waiting for the first step…", x0 + 8, (y0 + y1) / 2);
+    return;
+  }
+  let lo = Math.min(...ys), hi = Math.max(...ys);
+  if (hi - lo < 1e-12) { lo -= 0.5; hi += 0.5; }
+  const pad = (hi - lo) * 0.08; lo -= pad; hi += pad;
+  const xmin = xs[0], xmax = Math.max(xs[xs.length - 1], xmin + 1);
+  const px = (x) => x0 + ((x - xmin) / (xmax - xmin)) * (x1 - x0);
+  const py = (v) => y1 - ((t(v) - lo) / (hi - lo)) * (y1 - y0);
+  for (const h of hlines) {
+    ctx.strokeStyle = h.color; ctx.setLineDash([4, 4]);
+    ctx.beginPath(); ctx.moveTo(x0, py(h.value)); ctx.lineTo(x1, py(h.value)); ctx.stroke();
+    ctx.setLineDash([]);
+  }
+  series.forEach((s) => {
+    ctx.strokeStyle = s.color; ctx.lineWidth = s.width || 1.5; ctx.beginPath();
+    let started = false;
+    s.values.forEach((v, i) => {
+      if (!Number.isFinite(v)) return;
+      if (started) ctx.lineTo(px(xs[i]), py(v)); else { ctx.moveTo(px(xs[i]), py(v)); started = true; }
+    });
+    ctx.stroke();
+  });
+  ctx.lineWidth = 1;
+  let lx = x0 + 6;
+  for (const s of series.filter((s) => s.label)) {
+    ctx.fillStyle = s.color; ctx.fillText(s.label, lx, y1 + 12); lx += ctx.measureText(s.label).width + 14;
+  }
+}
+
+function drawChart(canvas, s, node) {
+  if (node) canvas.dataset.dtiChart = String(node.id);
+  const ctx = canvas.getContext("2d");
+  ctx.fillStyle = "#18181c";
+  ctx.fillRect(0, 0, canvas.width, canvas.height);
+  const w = canvas.width, h = canvas.height;
+  if (!s) {
+    ctx.fillStyle = "#aaa"; ctx.font = "12px sans-serif";
+    ctx.fillText("DTI: the loss and norm chart appears here while training runs", 10, h / 2);
+    return;
+  }
+  const last = s.step.length ? s.step[s.step.length - 1] : 0;
+  ctx.fillStyle = "#eee"; ctx.font = "12px sans-serif";
+  ctx.fillText(`step ${last} / ${s.total}   loss ${Number(s.loss[s.loss.length - 1]).toPrecision(4)}`, 8, 14);
+  drawPanel(ctx, [44, 34, w - 8, h / 2 - 4], "loss", s.step,
+    [{ values: s.loss, color: "#6e6e82" }, { values: emaSeries(s.loss), color: COLORS[0], width: 2, label: "loss (EMA)" }],
+    [], s.loss.every((v) => !Number.isFinite(v) || v > 0));
+  const keys = Object.keys(s.norms);
+  drawPanel(ctx, [44, h / 2 + 18, w - 8, h - 18], "row norm vs m*", s.step,
+    keys.map((k, i) => ({ values: s.norms[k], color: COLORS[(i + 1) % COLORS.length], width: 2, label: `‖e‖ ${k}` })),
+    keys.map((k, i) => ({ value: s.mStar[k], color: COLORS[(i + 1) % COLORS.length] })), false);
+  canvas.dataset.points = String(s.step.length);
+}
+
+function addChart(node) {
+  const canvas = document.createElement("canvas");
+  canvas.width = 420;
+  canvas.height = 240;
+  canvas.dataset.dtiChart = String(node.id);
+  Object.assign(canvas.style, { width: "100%", height: "240px", borderRadius: "4px" });
+  const widget = node.addDOMWidget("dti_live_chart", "dti-chart", canvas, { hideOnZoom: false, serialize: false });
+  widget.serialize = false;
+  widget.computeLayoutSize = () => ({ minHeight: 240, minWidth: 320 });
+  node.__dtiCanvas = canvas;
+  drawChart(canvas, STATE.train[String(node.id)]);
+}
+
+function showText(node, text) {
+  let el = node.__dtiText;
+  if (!el) {
+    el = document.createElement("pre");
+    el.dataset.dtiReport = String(node.id);
+    Object.assign(el.style, {
+      margin: "0", padding: "6px", maxHeight: "260px", overflow: "auto", whiteSpace: "pre-wrap",
+      font: "11px monospace", color: "#ddd", background: "#18181c", borderRadius: "4px",
+    });
+    const widget = node.addDOMWidget("dti_report", "dti-report", el, { hideOnZoom: false, serialize: false });
+    widget.serialize = false;
+    widget.computeLayoutSize = () => ({ minHeight: 120, minWidth: 320 });
+    node.__dtiText = el;
+  }
+  el.textContent = text;
+  STATE.reports[String(node.id)] = text;
+  node.setDirtyCanvas?.(true, true);
+}
+
+app.registerExtension({
+  name: "ComfyUI-DTI",
+  setup() {
+    api.addEventListener("dti.train.progress", ({ detail }) => {
+      const id = String(detail.node);
+      let s = STATE.train[id];
+      if (!s || !s.step.length || detail.step <= s.step[s.step.length - 1]) {
+        s = STATE.train[id] = { step: [], loss: [], norms: {}, mStar: detail.m_star || {}, total: detail.total };
+      }
+      s.step.push(detail.step);
+      s.loss.push(detail.skipped ? NaN : detail.loss);
+      for (const [k, v] of Object.entries(detail.norms || {})) (s.norms[k] = s.norms[k] || []).push(v);
+      const node = app.graph?.getNodeById?.(Number(id)) ?? app.graph?.getNodeById?.(id);
+      if (node?.__dtiCanvas) drawChart(node.__dtiCanvas, s, node);
+    });
+  },
+  async beforeRegisterNodeDef(nodeType, nodeData) {
+    if (!TEXT_NODES.includes(nodeData.name)) return;
+    const created = nodeType.prototype.onNodeCreated;
+    const configured = nodeType.prototype.onConfigure;
+    const executed = nodeType.prototype.onExecuted;
+    nodeType.prototype.onNodeCreated = function () {
+      const r = created?.apply(this, arguments);
+      if (nodeData.name === "DTITrain") addChart(this);
+      return r;
+    };
+    // A node gets its saved id only when a workflow is configured, after onNodeCreated.
+    nodeType.prototype.onConfigure = function () {
+      const r = configured?.apply(this, arguments);
+      if (this.__dtiCanvas) {
+        this.__dtiCanvas.dataset.dtiChart = String(this.id);
+        drawChart(this.__dtiCanvas, STATE.train[String(this.id)]);
+      }
+      if (this.__dtiText) this.__dtiText.dataset.dtiReport = String(this.id);
+      return r;
+    };
+    nodeType.prototype.onExecuted = function (message) {
+      executed?.apply(this, arguments);
+      const text = message?.text?.[0];
+      if (text) showText(this, text);
+    };
+  },
+});
