@@ -241,6 +241,12 @@ class ClipTextSide:
         for sub in self.family.encoders:
             key = token_key(self.clip, sub)
             batch = [[rows[t.key][t.index] if isinstance(t, _Slot) else t for t, _w in p.tokens[key][0]] for p in prepared]
+            longest = max(len(b) for b in batch)
+            if any(len(b) != longest for b in batch):
+                # Unpadded tokenizers (Gemma) give prompts of different lengths. Pad at the end: the
+                # encoder is causal and masks the pads, so real tokens encode as they would alone.
+                pad = self.subs[sub.key].special_tokens["pad"]
+                batch = [b + [pad] * (longest - len(b)) for b in batch]
             outs[sub.key] = self.subs[sub.key].encode(batch)
         return self._combine(outs)
 

@@ -24,7 +24,8 @@ SUPPORTED_TYPES = (comfy.model_base.ModelType.EPS, comfy.model_base.ModelType.V_
 
 
 class ModelDenoiseSide:
-    def __init__(self, patcher, device: torch.device, extra_cond_kwargs: dict | None = None) -> None:
+    def __init__(self, patcher, device: torch.device, extra_cond_kwargs: dict | None = None,
+                 identical_prompt_batches: bool = False) -> None:
         self.patcher = patcher
         self.base = patcher.model
         self.model_type = self.base.model_type
@@ -37,6 +38,7 @@ class ModelDenoiseSide:
         self.device = device
         self.transformer_options = dict(patcher.model_options.get("transformer_options", {}))
         self.extra_cond_kwargs = dict(extra_cond_kwargs or {})
+        self.identical_prompt_batches = identical_prompt_batches
 
     def sample_sigmas(self, n: int, generator: torch.Generator) -> torch.Tensor:
         """Uniform timesteps over the model's own schedule (already shifted for flow models)."""
@@ -45,31 +47,46 @@ class ModelDenoiseSide:
         u = u.clamp(1e-4, 1 - 1e-4)
         return torch.tensor([float(self.sampling.percent_to_sigma(float(x))) for x in u], dtype=torch.float32)
 
-    def _model_kwargs(self, batch: Batch, cond: TextCond, x_t: torch.Tensor) -> dict:
-        """extra_conds per sample (each image has its own size and crop), concatenated on the batch."""
-        per_key: dict[str, list] = {}
+    def _sample_conds(self, batch: Batch, cond: TextCond, x_t: torch.Tensor, i: int) -> dict:
+        """extra_conds for one sample, with its own size and crop, as sampling would build them."""
+        (oh, ow), (top, left) = batch.original_sizes[i], batch.crops[i]
         th, tw = batch.target_size
-        for i in range(x_t.shape[0]):
-            (oh, ow), (top, left) = batch.original_sizes[i], batch.crops[i]
-            kw = dict(
-                cross_attn=cond.cross_attn[i : i + 1],
-                pooled_output=None if cond.pooled is None else cond.pooled[i : i + 1],
-                width=ow, height=oh, crop_w=left, crop_h=top, target_width=tw, target_height=th,
-                device=self.device, noise=x_t[i : i + 1], seed=0, **self.extra_cond_kwargs,
+        cross = cond.cross_attn[i : i + 1]
+        kw = dict(
+            pooled_output=None if cond.pooled is None else cond.pooled[i : i + 1],
+            width=ow, height=oh, crop_w=left, crop_h=top, target_width=tw, target_height=th,
+            device=self.device, noise=x_t[i : i + 1], seed=0, **self.extra_cond_kwargs,
+        )
+        if cond.attention_mask is not None:
+            # Prompts of different lengths were padded at the end to batch the encoder; give each
+            # sample back its own length, exactly what encoding it alone produces.
+            length = max(1, int(cond.attention_mask[i].sum()))
+            cross = cross[:, :length]
+            kw["attention_mask"] = cond.attention_mask[i : i + 1, :length]
+        return self.base.extra_conds(cross_attn=cross, **kw)
+
+    def _model_groups(self, batch: Batch, cond: TextCond, x_t: torch.Tensor) -> list[tuple[list[int], dict]]:
+        """Samples whose conditioning can share one forward, with their concatenated model kwargs."""
+        per_sample = [self._sample_conds(batch, cond, x_t, i) for i in range(x_t.shape[0])]
+        groups: dict[tuple, list[int]] = {}
+        for i, conds in enumerate(per_sample):
+            signature = tuple(
+                (k, repr(c.cond) if isinstance(c, comfy.conds.CONDConstant) else tuple(c.cond.shape[1:]))
+                for k, c in sorted(conds.items())
             )
-            if cond.attention_mask is not None:
-                kw["attention_mask"] = cond.attention_mask[i : i + 1]
-            for k, c in self.base.extra_conds(**kw).items():
-                per_key.setdefault(k, []).append(c)
-        out = {}
-        for k, conds in per_key.items():
-            if isinstance(conds[0], comfy.conds.CONDConstant):
-                values = {repr(c.cond) for c in conds}
-                if len(values) > 1:
-                    raise TrainingError(f"conditioning constant {k!r} differs across the batch ({values}); use batch size 1")
-                out[k] = conds[0].cond
-            else:
-                out[k] = torch.cat([c.process_cond(batch_size=1, area=None).cond for c in conds]).to(self.device)
+            if self.identical_prompt_batches:
+                signature += (batch.prompts[i],)
+            groups.setdefault(signature, []).append(i)
+        out = []
+        for indices in groups.values():
+            kwargs = {}
+            for k, c in per_sample[indices[0]].items():
+                if isinstance(c, comfy.conds.CONDConstant):
+                    kwargs[k] = c.cond
+                else:
+                    kwargs[k] = torch.cat([per_sample[i][k].process_cond(batch_size=1, area=None).cond for i in indices])
+                    kwargs[k] = kwargs[k].to(self.device)
+            out.append((indices, kwargs))
         return out
 
     def loss(self, batch: Batch, cond: TextCond, generator: torch.Generator) -> torch.Tensor:
@@ -79,8 +96,7 @@ class ModelDenoiseSide:
         noise = torch.randn(x0.shape, generator=generator).to(self.device)
         # noise_scaling mutates its noise argument for ε models, hence the clone.
         x_t = self.sampling.noise_scaling(sigma, noise.clone(), x0)
-        kwargs = self._model_kwargs(batch, cond, x_t)
-        denoised = self.base.apply_model(x_t, sigma, transformer_options=self.transformer_options, **kwargs).float()
+        denoised = self.denoise(batch, cond, x_t, sigma)
         s = sigma.view(-1, *([1] * (x0.ndim - 1)))
         pred = (x_t - denoised) / s
         target = (x_t - x0) / s
@@ -90,6 +106,20 @@ class ModelDenoiseSide:
             # by σ²+1 turns this ε-space MSE back into the model's native v-MSE.
             err = err * (s * s + 1)
         return err.mean()
+
+    def denoise(self, batch: Batch, cond: TextCond, x_t: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        """x̂₀ for the batch: one model call per group of samples with compatible conditioning."""
+        groups = self._model_groups(batch, cond, x_t)
+        if len(groups) == 1:
+            return self.base.apply_model(x_t, sigma, transformer_options=self.transformer_options, **groups[0][1]).float()
+        parts, order = [], []
+        for indices, kwargs in groups:
+            idx = torch.tensor(indices, device=x_t.device)
+            parts.append(self.base.apply_model(x_t[idx], sigma[idx], transformer_options=self.transformer_options, **kwargs).float())
+            order.extend(indices)
+        inverse = torch.empty(len(order), dtype=torch.long, device=x_t.device)
+        inverse[torch.tensor(order, device=x_t.device)] = torch.arange(len(order), device=x_t.device)
+        return torch.cat(parts)[inverse]
 
 
 @contextlib.contextmanager

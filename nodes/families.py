@@ -43,11 +43,28 @@ class Family:
     combine: str  # "concat": features side by side, pooled from the last (SDXL); "single"
     defaults: TrainDefaults
     model_classes: tuple[type, ...]  # comfy.model_base classes this text family conditions
+    # Text around every prompt, training and use alike ("{}" is the user's prompt).
+    prompt_wrapper: str = "{}"
+    # The model reads one caption length for a whole batch: batch only identical prompts.
+    identical_prompt_batches: bool = False
+
+
+def _lumina2_system_prompt() -> str:
+    """ComfyUI's default Lumina 2 system prompt (CLIPTextEncodeLumina2's first choice)."""
+    try:
+        from comfy_extras.nodes_lumina2 import CLIPTextEncodeLumina2
+
+        system = next(iter(CLIPTextEncodeLumina2.SYSTEM_PROMPT.values()))
+    except (ImportError, AttributeError, StopIteration):
+        system = ("You are an assistant designed to generate superior images with the superior degree of image-text "
+                  "alignment based on textual prompts or user prompts.")
+    return f"{system} <Prompt Start> {{}}"
 
 
 CLIP_L = SubEncoder("clip_l", "clip_l", "clip-l")
 CLIP_G = SubEncoder("clip_g", "clip_g", "clip-g")
 GEMMA_LUMINA = SubEncoder("gemma", "gemma2_2b", "gemma-2-2b")
+GEMMA_SANA = SubEncoder("gemma", "text_encoder", "gemma-2-2b-it")  # an HF Gemma2 in ExtraModels' GEMMA dict
 
 # Reference defaults (§1): SDXL 768², batch 4, 400 steps, η 0.01×4, κ 1e-4.
 SDXL_DEFAULTS = TrainDefaults(resolution=768, batch_size=4, grad_accum=1, steps=400, lr=0.04, kappa=1e-4)
@@ -58,7 +75,10 @@ GEMMA_DEFAULTS = TrainDefaults(resolution=1024, batch_size=2, grad_accum=2, step
 FAMILIES: dict[str, Family] = {
     "sdxl": Family("sdxl", "SDXL (CLIP-L + CLIP-G)", (CLIP_L, CLIP_G), "concat", SDXL_DEFAULTS, (comfy.model_base.SDXL,)),
     "sd1": Family("sd1", "SD1.x (CLIP-L)", (CLIP_L,), "single", SD1_DEFAULTS, (comfy.model_base.BaseModel,)),
-    "lumina2": Family("lumina2", "Lumina 2 (Gemma-2-2B)", (GEMMA_LUMINA,), "single", GEMMA_DEFAULTS, (comfy.model_base.Lumina2,)),
+    "lumina2": Family("lumina2", "Lumina 2 (Gemma-2-2B)", (GEMMA_LUMINA,), "single", GEMMA_DEFAULTS, (comfy.model_base.Lumina2,),
+                      prompt_wrapper=_lumina2_system_prompt()),
+    "sana": Family("sana", "SANA (Gemma-2-2B-it)", (GEMMA_SANA,), "single", GEMMA_DEFAULTS, (),
+                   identical_prompt_batches=True),
 }
 
 SUPPORTED = "SDXL (CLIP-L + CLIP-G), SD1.x (CLIP-L), Lumina 2 (Gemma-2-2B) and SANA (through ComfyUI_ExtraModels)"
@@ -92,6 +112,8 @@ def check_model_matches(model_patcher, family: Family) -> None:
         raise UnsupportedModelError(f"expected a ComfyUI MODEL, got {type(model_patcher).__name__}")
     if family.name == "sd1":
         ok = type(base) is comfy.model_base.BaseModel  # SD1.x has no subclass of its own; SD2.x has no CLIP-L
+    elif family.name == "sana":
+        ok = type(base).__name__ == "EXM_Sana_Model"  # ComfyUI_ExtraModels' SANA (no class to import here)
     else:
         ok = isinstance(base, family.model_classes)
     if not ok:

@@ -7,24 +7,23 @@ from comfy_api.latest import io, ui
 
 from ..dti import diagnostics, formats, magnitude
 from ..dti.concept import Concept
-from .families import Family, detect_clip_family
 from .load import embedding_choices, resolve_embedding
 from .plots import norm_histogram, stack_vertically, to_image_tensor
-from .types import DTIConcept
-from .vocab import decode, fit, load_for, stats, table
+from .text_encoders import text_encoder
+from .types import DTIConcept, text_encoder_input
+from .vocab import fit, load_for, stats
 
 NO_FILE = "(none)"
 
 
-def _positional(clip, family: Family, key: str, rows: torch.Tensor, m_star: float) -> str:
-    sub = next(s for s in family.encoders if s.key == key)
-    tm = getattr(getattr(clip.cond_stage_model, sub.attr).transformer, "text_model", None)
-    if tm is None or not hasattr(tm, "embeddings"):
+def _positional(encoder, key: str, rows: torch.Tensor, m_star: float) -> str:
+    probe = encoder.position_probe(key)
+    if probe is None:
         return ("positional attenuation: not applicable — this encoder uses rotary positions inside attention, so there "
                 "is no additive position signal for a large norm to drown")
-    positions = tm.embeddings.position_embedding.weight.detach().float().cpu()
-    ln = tm.encoder.layers[0].layer_norm1
-    vocab = table(clip, family, key).detach()
+    position_table, ln = probe
+    positions = position_table.detach().float().cpu()
+    vocab = encoder.table(key).detach()
     g = torch.Generator().manual_seed(0)
     norms = torch.linalg.vector_norm(vocab.float(), dim=-1)
     ids = torch.nonzero(norms > 0).flatten()
@@ -37,11 +36,11 @@ def _positional(clip, family: Family, key: str, rows: torch.Tensor, m_star: floa
             f"{at_m.probe_accuracy:.2f} (signal {at_m.signal_ratio:.2f}×)")
 
 
-def inspect(concept: Concept, clip, family: Family, k: int, title: str) -> tuple[str, list]:
+def inspect(concept: Concept, encoder, k: int, title: str) -> tuple[str, list]:
     lines = [f"== {title} ({concept.method}) =="]
     images = []
     for key, enc in concept.encoders.items():
-        tab = table(clip, family, key)
+        tab = encoder.table(key)
         s, norms = stats(tab)
         m_star = magnitude.target_norm(s, "mean")
         vectors = enc.vectors()
@@ -53,11 +52,11 @@ def inspect(concept: Concept, clip, family: Family, k: int, title: str) -> tuple
             lines.append(f"  row {i}: {'IN' if v.in_distribution else 'OUT OF'} distribution — {v.reason}")
             cos_s, cos_i = magnitude.nearest_tokens(tab, row, k=k, metric="cosine", norms=norms)
             euc_s, euc_i = magnitude.nearest_tokens(tab, row, k=k, metric="euclidean", norms=norms)
-            cos_tok = decode(clip, family, key, cos_i[0].tolist())
-            euc_tok = decode(clip, family, key, euc_i[0].tolist())
+            cos_tok = encoder.decode(key, cos_i[0].tolist())
+            euc_tok = encoder.decode(key, euc_i[0].tolist())
             lines.append("    nearest by cosine:    " + ", ".join(f"{t} ({float(x):.3f})" for t, x in zip(cos_tok, cos_s[0])))
             lines.append("    nearest by Euclidean: " + ", ".join(f"{t} ({float(x):.3f})" for t, x in zip(euc_tok, euc_s[0])))
-        lines.append("  " + _positional(clip, family, key, vectors, m_star))
+        lines.append("  " + _positional(encoder, key, vectors, m_star))
         marks = [("m*", m_star)] + [(f"row {i}", float(r.norm())) for i, r in enumerate(vectors)]
         images.append(norm_histogram(s.sorted_norms, marks, f"{title} - {key}: norms vs vocabulary"))
     lines.append("Cosine neighbours reflect meaning; Euclidean neighbours of an inflated vector are just the largest "
@@ -78,7 +77,7 @@ class DTINormInspector(io.ComfyNode):
                 "the first LayerNorm at that norm — why inflated TI vectors lose the rest of the prompt."
             ),
             inputs=[
-                io.Clip.Input("clip", tooltip="The text encoder whose vocabulary is the reference."),
+                text_encoder_input("The text encoder whose vocabulary is the reference"),
                 DTIConcept.Input("concept", optional=True, tooltip="A concept from DTI Train, Load or Slerp."),
                 io.Combo.Input("embedding", options=[NO_FILE] + embedding_choices(), default=NO_FILE, optional=True,
                                tooltip="Or any embedding file from the embeddings folder."),
@@ -103,19 +102,19 @@ class DTINormInspector(io.ComfyNode):
 
     @classmethod
     def execute(cls, clip, concept=None, embedding=NO_FILE, k=8) -> io.NodeOutput:
-        family = detect_clip_family(clip)
+        encoder = text_encoder(clip)
         sources = []
         if concept is not None:
-            sources.append((fit(concept, clip, family)[0], f"concept {concept.name}"))
+            sources.append((fit(concept, encoder)[0], f"concept {concept.name}"))
         if embedding not in (None, NO_FILE):
             path = resolve_embedding(embedding)
-            loaded = load_for(path, clip, family)
-            sources.append((fit(loaded.to_concept(), clip, family, source=path.name)[0], f"{path.name} [{loaded.layout}]"))
+            loaded = load_for(path, encoder)
+            sources.append((fit(loaded.to_concept(), encoder, source=path.name)[0], f"{path.name} [{loaded.layout}]"))
         if not sources:
             raise ValueError("nothing to inspect: connect a concept or pick an embedding file")
         reports, images = [], []
         for c, title in sources:
-            text, imgs = inspect(c, clip, family, int(k), title)
+            text, imgs = inspect(c, encoder, int(k), title)
             reports.append(text)
             images.extend(imgs)
         report = "\n\n".join(reports)

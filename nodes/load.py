@@ -9,9 +9,8 @@ import folder_paths
 from comfy_api.latest import io, ui
 
 from ..dti import formats
-from .clip_text import encode_conditioning
-from .families import detect_clip_family
-from .types import DTIConcept
+from .text_encoders import text_encoder
+from .types import DTIConcept, text_encoder_input
 from .vocab import fit, load_for, rescale_to_m_star
 
 NORM_MODES = ("as saved", "rescale to m* (TI-rescaled)")
@@ -58,7 +57,7 @@ class DTILoadEmbedding(io.ComfyNode):
                 "embedding: prompts do nothing."
             ),
             inputs=[
-                io.Clip.Input("clip", tooltip="The text encoder to encode with; the file's widths must fit it."),
+                text_encoder_input("The text encoder to encode with; the file's widths must fit it"),
                 io.Combo.Input("embedding", options=embedding_choices(),
                                tooltip="A file in the embeddings folder (subfolders included)."),
                 io.String.Input("prompt", multiline=True, default="a photo of {} on a beach",
@@ -94,15 +93,15 @@ class DTILoadEmbedding(io.ComfyNode):
 
     @classmethod
     def execute(cls, clip, embedding, prompt, norm) -> io.NodeOutput:
-        family = detect_clip_family(clip)
+        encoder = text_encoder(clip)
         path = resolve_embedding(embedding)
-        loaded = load_for(path, clip, family)
+        loaded = load_for(path, encoder)
         name = placeholder_name(embedding)
-        concept, notes = fit(loaded.to_concept(name=name), clip, family, source=f"{path.name}")
+        concept, notes = fit(loaded.to_concept(name=name), encoder, source=f"{path.name}")
         concept.name = name
         if norm == NORM_MODES[1]:
-            concept = rescale_to_m_star(concept, clip, family)
-        conditioning = encode_conditioning(clip, family, name, prompt, concept.vectors())
+            concept = rescale_to_m_star(concept, encoder)
+        conditioning = encoder.conditioning(name, prompt, concept.vectors())
         lines = [f"{path.name}: {loaded.layout} layout", concept.describe(), *notes]
         summary = "\n".join(lines)
         return io.NodeOutput(conditioning, concept, summary, ui=ui.PreviewText(summary))

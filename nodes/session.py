@@ -24,11 +24,12 @@ from ..dti import formats
 from ..dti.concept import Concept
 from ..dti.trainer import TEMPLATES, BatchSampler, TrainConfig, Trainer, TrainingError, TrainResult
 from . import host
-from .clip_text import ClipTextSide, weights_hash
+from .clip_text import weights_hash
 from .denoise import ModelDenoiseSide, gradient_checkpointing
-from .families import Family, check_model_matches, detect_clip_family
+from .families import Family, check_model_matches
 from .images import flatten_images, prepare_examples, split_captions
 from .plots import training_plot
+from .text_encoders import text_encoder
 
 log = logging.getLogger("ComfyUI-DTI")
 
@@ -61,7 +62,6 @@ class TrainRequest:
     resume: str | None = None
     save: bool = True
     on_exists: str = "increment"
-    prompt_wrapper: str = "{}"
 
 
 @dataclass
@@ -99,7 +99,8 @@ def train_concept(
     node_id: str | None = None,
     on_step: Callable[[Trainer, Any], None] | None = None,
 ) -> SessionResult:
-    family = detect_clip_family(clip)
+    encoder = text_encoder(clip)
+    family = encoder.family
     check_model_matches(model, family)
     formats.safe_name(request.name)
     if request.templates not in TEMPLATES:
@@ -116,10 +117,10 @@ def train_concept(
             imgs, vae, model, request.resolution, request.resize, request.flip, captions
         )
         with (
-            training_models(model, clip, request.precision, request.gradient_checkpointing) as patcher,
-            ClipTextSide(clip, family, request.name, request.prompt_wrapper) as text,
+            training_models(model, encoder, request.precision, request.gradient_checkpointing) as patcher,
+            encoder.text_side(request.name) as text,
         ):
-            denoise = ModelDenoiseSide(patcher, patcher.load_device)
+            denoise = ModelDenoiseSide(patcher, patcher.load_device, identical_prompt_batches=family.identical_prompt_batches)
             sampler = BatchSampler(examples, request.batch_size, crop, down, TEMPLATES[request.templates],
                                    random_crop=request.random_crop, flip=request.flip, seed=request.seed)
             config = TrainConfig(
@@ -128,7 +129,7 @@ def train_concept(
                 n_vectors=request.n_vectors, checkpoint_every=request.checkpoint_every,
             )
             trainer = Trainer(text, denoise, sampler, config, name=request.name, initializer=request.initializer,
-                              device=clip.patcher.load_device, family=family.name,
+                              device=encoder.device, family=family.name,
                               encoder_ids={s.key: s.encoder_id for s in family.encoders})
             text.bind_rows({k: int(p.shape[0]) for k, p in trainer.params.items()})
             text.prepare(sampler.templates[0] if all(c is None for c in captions) else captions[0])  # fail early
@@ -139,21 +140,21 @@ def train_concept(
 
 @contextlib.contextmanager
 def training_models(model, clip, precision: str = "auto", checkpointing: bool = False) -> Iterator[Any]:
-    """A clone of the MODEL's patcher, loaded with the CLIP and ready for autograd; undone on exit.
+    """A clone of the MODEL's patcher, loaded with the text encoder and ready for autograd; undone on exit.
 
-    Call inside torch.inference_mode(False). Yields the patcher to train through.
+    ``clip`` is the CLIP socket's value or its adapter. Call inside torch.inference_mode(False).
+    Yields the patcher to train through.
     """
+    encoder = clip if hasattr(clip, "text_side") else text_encoder(clip)
     patcher = model.clone()
     dtype = compute_dtype(precision, patcher)
     if dtype is not None:
         patcher.set_model_compute_dtype(dtype)
-    comfy.model_management.load_models_gpu([patcher, clip.patcher], force_full_load=True)
+    comfy.model_management.load_models_gpu([patcher, *encoder.patchers], force_full_load=True)
     host.make_autograd_ready(patcher.model)
-    host.make_autograd_ready(clip.cond_stage_model)
-    with (
-        host.out_of_place_clip_layers(clip.cond_stage_model),
-        gradient_checkpointing(patcher.model.diffusion_model, checkpointing),
-    ):
+    for module in encoder.modules:
+        host.make_autograd_ready(module)
+    with encoder.training(), gradient_checkpointing(patcher.model.diffusion_model, checkpointing):
         yield patcher
 
 
@@ -161,14 +162,14 @@ def _checkpoint_path(name: str, step: int, tag: str = "step") -> Path:
     return host.checkpoints_folder() / formats.safe_name(name) / f"{tag}_{step:06d}.safetensors"
 
 
-def _finish_concept(trainer: Trainer, text: ClipTextSide) -> Concept:
+def _finish_concept(trainer: Trainer, text) -> Concept:
     concept = trainer.concept()
     for key, enc in concept.encoders.items():
         enc.weights_hash = weights_hash(text.vocabulary(key))
     return concept
 
 
-def _run(trainer: Trainer, family: Family, request: TrainRequest, node_id, on_step, text: ClipTextSide) -> SessionResult:
+def _run(trainer: Trainer, family: Family, request: TrainRequest, node_id, on_step, text) -> SessionResult:
     m_star = {k: i.m_star for k, i in trainer.inits.items()}
     title = f"DTI Train - {request.name} ({request.method}, {family.label})"
     progress = host.Progress(trainer.config.steps, node_id)
@@ -206,7 +207,7 @@ def _run(trainer: Trainer, family: Family, request: TrainRequest, node_id, on_st
     return SessionResult(concept, result, family, saved, checkpoints, summary, plot)
 
 
-def _keep_partial(trainer: Trainer, request: TrainRequest, text: ClipTextSide, exc: BaseException) -> str:
+def _keep_partial(trainer: Trainer, request: TrainRequest, text, exc: BaseException) -> str:
     """Write the last good vectors (a resumable checkpoint, and the concept if saving is on)."""
     kept = []
     try:

@@ -6,9 +6,8 @@ import torch
 from comfy_api.latest import io, ui
 
 from ..dti.blend import MODES, BlendError, interpolate, parse_t_values, parse_weights, weighted_mean
-from .clip_text import encode_conditioning
-from .families import detect_clip_family
-from .types import DTIConcept
+from .text_encoders import text_encoder
+from .types import DTIConcept, text_encoder_input
 from .vocab import fit
 
 BLEND_NAME = "blend"
@@ -39,7 +38,7 @@ class DTISlerpConcepts(io.ComfyNode):
                 "in one batch: set the latent batch size to the number of t values to render the strip in one run."
             ),
             inputs=[
-                io.Clip.Input("clip", tooltip="Text encoder used to encode the prompt with each blend."),
+                text_encoder_input("Text encoder used to encode the prompt with each blend"),
                 DTIConcept.Input("concept_a", tooltip="The concept at t = 0."),
                 DTIConcept.Input("concept_b", tooltip="The concept at t = 1."),
                 io.String.Input("prompt", multiline=True, default="a photo of {} on a beach",
@@ -80,11 +79,11 @@ class DTISlerpConcepts(io.ComfyNode):
     @classmethod
     def execute(cls, clip, concept_a, concept_b, prompt, mode, t, t_values="", concept_c=None, concept_d=None,
                 weights="") -> io.NodeOutput:
-        family = detect_clip_family(clip)
+        encoder = text_encoder(clip)
         concepts = [c for c in (concept_a, concept_b, concept_c, concept_d) if c is not None]
         if len(concepts) < 2:
             raise BlendError("connect at least two concepts (concept_a and concept_b)")
-        fitted = [fit(c, clip, family)[0] for c in concepts]
+        fitted = [fit(c, encoder)[0] for c in concepts]
         lines = []
         if len(fitted) > 2:
             blend = weighted_mean(fitted, parse_weights(weights), name=BLEND_NAME)
@@ -97,7 +96,7 @@ class DTISlerpConcepts(io.ComfyNode):
             blend = interpolate(fitted[0], fitted[1], float(t), mode, name=BLEND_NAME)
             lines.append(f"{mode} {fitted[0].name} → {fitted[1].name} at t = {', '.join(f'{x:g}' for x in ts)} "
                          f"(batch of {len(ts)}); concept output at t = {float(t):g}")
-        conds = [encode_conditioning(clip, family, BLEND_NAME, prompt, b.vectors()) for b in blends]
+        conds = [encoder.conditioning(BLEND_NAME, prompt, b.vectors()) for b in blends]
         for b in blends:
             norms = "; ".join(f"{k} ‖e‖ {', '.join(f'{float(n):.4g}' for n in e.norms)}" for k, e in b.encoders.items())
             lines.append(f"t={b.info.get('t', 'mean')}: {norms}")

@@ -8,12 +8,11 @@ from ..dti import formats, magnitude
 from ..dti.optim import METHODS, TI_ADAMW_LR
 from ..dti.trainer import TEMPLATES
 from . import host
-from .clip_text import encode_conditioning
-from .families import detect_clip_family
 from .images import RESIZE_MODES
 from .plots import to_image_tensor
 from .session import PRECISIONS, TrainRequest, train_concept
-from .types import DTIConcept
+from .text_encoders import text_encoder
+from .types import DTIConcept, text_encoder_input
 
 MAGNITUDES = (*magnitude.POLICIES, "custom")
 ON_EXISTS = ("increment", "overwrite", "error")
@@ -48,8 +47,9 @@ class DTITrain(io.ComfyNode):
             is_output_node=True,
             is_input_list=True,
             inputs=[
-                io.Model.Input("model", tooltip="The diffusion model to train against (SDXL, SD1.x or Lumina 2). It is not modified."),
-                io.Clip.Input("clip", tooltip="The text encoder of the same checkpoint; the concept gets one vector per sub-encoder."),
+                io.Model.Input("model",
+                               tooltip="The diffusion model to train against (SDXL, SD1.x, Lumina 2 or SANA). It is not modified."),
+                text_encoder_input("The text encoder of the same checkpoint; the concept gets one vector per sub-encoder"),
                 io.Vae.Input("vae", tooltip="Encodes the training images once, before training starts."),
                 io.Image.Input("images", tooltip="Training images (a batch, or a list of batches of any sizes)."),
                 io.String.Input("name", default="my_concept",
@@ -136,8 +136,8 @@ class DTITrain(io.ComfyNode):
     def execute(cls, model, clip, vae, images, **kw) -> io.NodeOutput:
         model, clip, vae = _one(model), _one(clip), _one(vae)
         kw = {k: _one(v) for k, v in kw.items()}
-        family = detect_clip_family(clip)
-        d = family.defaults
+        encoder = text_encoder(clip)
+        d = encoder.family.defaults
         method = kw["method"]
         lr = kw["learning_rate"] or (d.lr if method == "dti" else TI_ADAMW_LR)
         request = TrainRequest(
@@ -155,7 +155,7 @@ class DTITrain(io.ComfyNode):
         )
         session = train_concept(model, clip, vae, images, request, node_id=cls.hidden.unique_id)
         vectors = session.concept.vectors()
-        conditioning = encode_conditioning(clip, family, request.name, kw["prompt"], vectors)
+        conditioning = encoder.conditioning(request.name, kw["prompt"], vectors)
         plot = to_image_tensor(session.plot)
         # The node shows the live chart (web extension) and the summary; the plot stays an output.
         return io.NodeOutput(session.concept, conditioning, plot, session.summary, ui=ui.PreviewText(session.summary))

@@ -4,3 +4,12 @@ from comfy_api.latest import io
 
 # A learned or loaded concept (dti.concept.Concept), passed between DTI nodes.
 DTIConcept = io.Custom("DTI_CONCEPT")
+
+# ComfyUI_ExtraModels' Gemma loader output (SANA's text encoder): a dict with an HF tokenizer and model.
+Gemma = io.Custom("GEMMA")
+
+
+def text_encoder_input(tooltip: str, optional: bool = False) -> io.MultiType.Input:
+    """The text-encoder socket of every DTI node: ComfyUI's CLIP, or a GEMMA for SANA."""
+    return io.MultiType.Input("clip", types=[io.Clip, Gemma], optional=optional,
+                              tooltip=tooltip + " (CLIP, or GEMMA from ComfyUI_ExtraModels for SANA)")

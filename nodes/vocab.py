@@ -9,18 +9,12 @@ import torch
 
 from ..dti import formats, magnitude
 from ..dti.concept import Concept, describe_width
-from .families import Family
 
 FAMILY_LABELS = {"sd1": "SD1.x", "sdxl": "SDXL", "lumina2": "Lumina 2", "sana": "SANA"}
 
 
 class ConceptMismatchError(ValueError):
     """A concept or file that does not fit the connected CLIP; says what it is and what it needs."""
-
-
-def table(clip, family: Family, key: str) -> torch.Tensor:
-    sub = next(s for s in family.encoders if s.key == key)
-    return getattr(clip.cond_stage_model, sub.attr).transformer.get_input_embeddings().weight
 
 
 _STATS: collections.OrderedDict = collections.OrderedDict()
@@ -38,23 +32,16 @@ def stats(t: torch.Tensor) -> tuple[magnitude.NormStats, torch.Tensor]:
     return _STATS[key]
 
 
-def decode(clip, family: Family, key: str, ids: list[int]) -> list[str]:
-    """Token strings for vocabulary ids ('</w>' marks a CLIP word end, '▁' a SentencePiece word start)."""
-    sub = next(s for s in family.encoders if s.key == key)
-    tok = getattr(clip.tokenizer, sub.attr)
-    inv = getattr(tok, "inv_vocab", {})
-    return [inv.get(int(i), f"<{int(i)}>") for i in ids]
+def width_map(encoder) -> dict[int, str]:
+    """This encoder's sub-encoders by width, for files that only say how wide their vectors are."""
+    return {int(encoder.table(s.key).shape[1]): s.key for s in encoder.family.encoders}
 
 
-def width_map(clip, family: Family) -> dict[int, str]:
-    """This CLIP's encoders by width, for files that only say how wide their vectors are."""
-    return {int(table(clip, family, s.key).shape[1]): s.key for s in family.encoders}
-
-
-def load_for(path, clip, family: Family):
-    """formats.load_embedding against this CLIP, with a mismatch error naming both widths and the family."""
+def load_for(path, encoder):
+    """formats.load_embedding against this encoder, with a mismatch error naming both widths and the family."""
+    family = encoder.family
     try:
-        return formats.load_embedding(path, widths=width_map(clip, family))
+        return formats.load_embedding(path, widths=width_map(encoder))
     except formats.UnknownWidthError as e:
         listed = ", ".join(f"{k} {w} wide" for w, k in sorted(e.known.items()))
         raise ConceptMismatchError(
@@ -78,8 +65,9 @@ def guess_family(concept: Concept) -> str:
     return "an unknown family"
 
 
-def fit(concept: Concept, clip, family: Family, source: str | None = None) -> tuple[Concept, list[str]]:
-    """The concept restricted to this CLIP's encoders, or ConceptMismatchError; plus notes for the user."""
+def fit(concept: Concept, encoder, source: str | None = None) -> tuple[Concept, list[str]]:
+    """The concept restricted to this encoder's sub-encoders, or ConceptMismatchError; plus notes for the user."""
+    family = encoder.family
     what = source or f"concept {concept.name!r}"
     notes = []
     missing = [s.key for s in family.encoders if s.key not in concept.encoders]
@@ -92,7 +80,7 @@ def fit(concept: Concept, clip, family: Family, source: str | None = None) -> tu
     encoders = {}
     for sub in family.encoders:
         enc = concept.encoders[sub.key]
-        width = int(table(clip, family, sub.key).shape[1])
+        width = int(encoder.table(sub.key).shape[1])
         if enc.width != width:
             raise ConceptMismatchError(
                 f"{what}: its {sub.key} rows are {enc.width} wide — that is {describe_width(enc.width)} — but this CLIP's "
@@ -111,11 +99,11 @@ def fit(concept: Concept, clip, family: Family, source: str | None = None) -> tu
     return fitted, notes
 
 
-def rescale_to_m_star(concept: Concept, clip, family: Family, policy: str | float = "mean") -> Concept:
+def rescale_to_m_star(concept: Concept, encoder, policy: str | float = "mean") -> Concept:
     """Every row moved to its encoder's m* (direction kept): the paper's TI-rescaled."""
     encoders = {}
     for key, enc in concept.encoders.items():
-        s, _norms = stats(table(clip, family, key))
+        s, _norms = stats(encoder.table(key))
         encoders[key] = enc.rescaled(magnitude.target_norm(s, policy))
     info = dict(concept.info, rescaled_from=concept.method)
     return Concept(name=concept.name, encoders=encoders, method="ti_rescaled", family=concept.family, info=info)

@@ -29,8 +29,8 @@ def make_teacher(pack, patcher, device, text, hidden_rows):
             s = sigma.view(-1, 1, 1, 1)
             with torch.no_grad():
                 teacher_cond = text.encode(batch.prompts, hidden_rows)
-                target = (x_t - self.base.apply_model(x_t, sigma, **self._model_kwargs(batch, teacher_cond, x_t))) / s
-            pred = (x_t - self.base.apply_model(x_t, sigma, **self._model_kwargs(batch, cond, x_t))) / s
+                target = (x_t - self.denoise(batch, teacher_cond, x_t, sigma)) / s
+            pred = (x_t - self.denoise(batch, cond, x_t, sigma)) / s
             return ((pred - target) ** 2).mean()
 
     return TeacherDenoise(patcher, device)

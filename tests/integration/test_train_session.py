@@ -232,7 +232,7 @@ def test_mismatched_and_unsupported_models_are_refused(pack, sd1, sdxl, embeddin
                                                                        "num_attention_heads": 2, "num_hidden_layers": 3}})
     with pytest.raises(families.UnsupportedModelError, match=r"SDXLRefinerClipModel.*not a family DTI can train; supported: SDXL"):
         train(pack, (sdxl[0], refiner, sdxl[2]))
-    with pytest.raises(families.UnsupportedModelError, match="no CLIP connected"):
+    with pytest.raises(families.UnsupportedModelError, match="no text encoder connected"):
         train(pack, (sdxl[0], None, sdxl[2]))
 
 

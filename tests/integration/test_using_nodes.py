@@ -10,14 +10,15 @@ from comfy_harness import run_prompt, submodule, tiny_objects, validate
 def make_concept(pack, name, seed, family="sdxl", n=1):
     """A DTI concept at each tiny encoder's m*, written like DTI Train writes it."""
     concept_mod, formats = submodule(pack, "dti.concept"), submodule(pack, "dti.formats")
-    vocab, families = submodule(pack, "nodes.vocab"), submodule(pack, "nodes.families")
+    vocab, encoders = submodule(pack, "nodes.vocab"), submodule(pack, "nodes.text_encoders")
     _model, clip, _vae = tiny_objects(family)
-    fam = families.detect_clip_family(clip)
+    enc = encoders.text_encoder(clip)
+    fam = enc.family
     g = torch.Generator().manual_seed(seed)
     encs = {}
     for sub in fam.encoders:
-        s, _ = vocab.stats(vocab.table(clip, fam, sub.key))
-        d = torch.randn(n, vocab.table(clip, fam, sub.key).shape[1], generator=g)
+        s, _ = vocab.stats(enc.table(sub.key))
+        d = torch.randn(n, enc.table(sub.key).shape[1], generator=g)
         encs[sub.key] = concept_mod.EncoderConcept(directions=d / d.norm(dim=-1, keepdim=True), norms=torch.full((n,), s.mean),
                                                    m_star=s.mean, encoder_id=sub.encoder_id)
     c = concept_mod.Concept(name=name, encoders=encs, family=fam.name)
@@ -60,7 +61,7 @@ def test_load_embedding_matches_stock_prompt_and_feeds_a_sampler(pack, embedding
 
 
 def test_ordinary_ti_file_loads_and_rescales_to_m_star(pack, embeddings):
-    vocab, families = submodule(pack, "nodes.vocab"), submodule(pack, "nodes.families")
+    vocab, encoders = submodule(pack, "nodes.vocab"), submodule(pack, "nodes.text_encoders")
     (embeddings / "sub").mkdir()
     ti = torch.randn(2, 32) * 2.0  # an A1111 SD1 embedding with TI's inflated norms
     torch.save({"string_to_param": {"*": ti}, "name": "ti", "step": 1000}, embeddings / "sub" / "old_ti.pt")
@@ -72,9 +73,7 @@ def test_ordinary_ti_file_loads_and_rescales_to_m_star(pack, embeddings):
     assert torch.equal(outputs["2"][0][0][0][0], outputs["4"][0][0][0][0])  # stock reads the same .pt the same way
     raw, rescaled = outputs["2"][1][0], outputs["3"][1][0]
     assert raw.method == "imported" and torch.allclose(raw.encoders["clip_l"].vectors(), ti, atol=1e-6)
-    clip = tiny_objects("sd1")[1]
-    fam = families.detect_clip_family(clip)
-    m_star = vocab.stats(vocab.table(clip, fam, "clip_l"))[0].mean
+    m_star = vocab.stats(encoders.text_encoder(tiny_objects("sd1")[1]).table("clip_l"))[0].mean
     assert torch.allclose(rescaled.encoders["clip_l"].norms, torch.full((2,), m_star), rtol=1e-6)
     assert torch.allclose(rescaled.encoders["clip_l"].directions, raw.encoders["clip_l"].directions, atol=1e-6)
     assert not torch.equal(outputs["3"][0][0][0][0], outputs["2"][0][0][0][0])

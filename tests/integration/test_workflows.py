@@ -22,15 +22,14 @@ FAMILY = {name: "sdxl" for name in EXAMPLES}
 def user_files(pack, embeddings, comfy_dirs):
     """What a user of the examples has: concept files, an old TI embedding, a folder of photos."""
     concept_mod, formats, vocab = submodule(pack, "dti.concept"), submodule(pack, "dti.formats"), submodule(pack, "nodes.vocab")
-    families = submodule(pack, "nodes.families")
-    clip = tiny_objects("sdxl")[1]
-    fam = families.detect_clip_family(clip)
+    enc = submodule(pack, "nodes.text_encoders").text_encoder(tiny_objects("sdxl")[1])
+    fam = enc.family
     for i, name in enumerate(("my_concept", "concept_a", "concept_b")):
         g = torch.Generator().manual_seed(i)
         encs = {}
         for sub in fam.encoders:
-            s, _ = vocab.stats(vocab.table(clip, fam, sub.key))
-            d = torch.randn(1, vocab.table(clip, fam, sub.key).shape[1], generator=g)
+            s, _ = vocab.stats(enc.table(sub.key))
+            d = torch.randn(1, enc.table(sub.key).shape[1], generator=g)
             encs[sub.key] = concept_mod.EncoderConcept(directions=d / d.norm(), norms=torch.tensor([s.mean]), m_star=s.mean,
                                                        encoder_id=sub.encoder_id)
         formats.save_concept(concept_mod.Concept(name=name, encoders=encs, family="sdxl"), embeddings, name, "overwrite")
