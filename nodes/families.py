@@ -47,6 +47,8 @@ class Family:
     prompt_wrapper: str = "{}"
     # The model reads one caption length for a whole batch: batch only identical prompts.
     identical_prompt_batches: bool = False
+    # Stock prompts load `embedding:name` for this encoder (ComfyUI never does for Gemma).
+    stock_embedding_prompts: bool = True
 
 
 def _lumina2_system_prompt() -> str:
@@ -76,9 +78,9 @@ FAMILIES: dict[str, Family] = {
     "sdxl": Family("sdxl", "SDXL (CLIP-L + CLIP-G)", (CLIP_L, CLIP_G), "concat", SDXL_DEFAULTS, (comfy.model_base.SDXL,)),
     "sd1": Family("sd1", "SD1.x (CLIP-L)", (CLIP_L,), "single", SD1_DEFAULTS, (comfy.model_base.BaseModel,)),
     "lumina2": Family("lumina2", "Lumina 2 (Gemma-2-2B)", (GEMMA_LUMINA,), "single", GEMMA_DEFAULTS, (comfy.model_base.Lumina2,),
-                      prompt_wrapper=_lumina2_system_prompt()),
+                      prompt_wrapper=_lumina2_system_prompt(), stock_embedding_prompts=False),
     "sana": Family("sana", "SANA (Gemma-2-2B-it)", (GEMMA_SANA,), "single", GEMMA_DEFAULTS, (),
-                   identical_prompt_batches=True),
+                   identical_prompt_batches=True, stock_embedding_prompts=False),
 }
 
 SUPPORTED = "SDXL (CLIP-L + CLIP-G), SD1.x (CLIP-L), Lumina 2 (Gemma-2-2B) and SANA (through ComfyUI_ExtraModels)"

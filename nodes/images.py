@@ -84,7 +84,7 @@ def prepare_examples(
                 flipped = flipped[0].detach().clone()
             examples.append(LatentExample(latent=lat[0].detach().clone(), original_size=tuple(original.shape[:2]),
                                           flipped=flipped, caption=caption))
-    release(vae.patcher)  # the VAE is not needed again during training
+    release(getattr(vae, "patcher", None))  # the VAE is not needed again during training
     return examples, crop, down
 
 

@@ -239,10 +239,12 @@ def _summary(result: TrainResult, family: Family, req: TrainRequest, m_star: dic
     if skipped:
         head.append(f"{skipped} step(s) skipped for NaN/inf loss")
     head.extend(result.notes)
-    if saved is not None:
+    if saved is not None and family.stock_embedding_prompts:
         head.append(f"saved {saved} — use it as embedding:{saved.stem} in any prompt")
         head.append("note: CLIPTextEncode caches by prompt text, so prompts already encoded with an older file of the same "
                     "name keep the old vectors until their text changes")
+    elif saved is not None:
+        head.append(f"saved {saved} — use it with DTI Load Embedding ({family.label} prompts ignore embedding:name)")
     if checkpoints:
         head.append(f"checkpoints: {', '.join(str(p) for p in checkpoints)}")
     return "\n".join(head)

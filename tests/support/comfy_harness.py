@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import importlib
 import uuid
+from pathlib import Path
 
 import tiny_comfy
 import torch
@@ -76,13 +77,24 @@ TINY_CACHE: dict = {}
 
 
 def tiny_objects(family: str):
+    """(MODEL, text encoder, VAE) of a tiny model of the family, built once, under inference mode."""
     if family not in TINY_CACHE:
         import folder_paths
 
         emb = folder_paths.get_folder_paths("embeddings")
         with torch.inference_mode():
-            TINY_CACHE[family] = (tiny_comfy.build_model(family), tiny_comfy.build_clip(family, embedding_directory=emb),
-                                  tiny_comfy.build_vae())
+            if family == "lumina2":
+                TINY_CACHE[family] = (tiny_comfy.build_lumina2_model(), tiny_comfy.build_gemma_clip(), tiny_comfy.build_flux_vae())
+            elif family == "sana":
+                path = tiny_comfy.extramodels_path()
+                pack = tiny_comfy.load_extramodels(path)
+                ckpt_dir = Path(folder_paths.get_temp_directory()) / "dti_tiny_checkpoints"
+                ckpt_dir.mkdir(parents=True, exist_ok=True)
+                TINY_CACHE[family] = (tiny_comfy.build_sana(pack, ckpt_dir), tiny_comfy.build_hf_gemma(),
+                                      tiny_comfy.build_vae(latent_channels=32))
+            else:
+                TINY_CACHE[family] = (tiny_comfy.build_model(family), tiny_comfy.build_clip(family, embedding_directory=emb),
+                                      tiny_comfy.build_vae())
     return TINY_CACHE[family]
 
 
@@ -94,7 +106,7 @@ def register_test_nodes():
 
         @classmethod
         def INPUT_TYPES(cls):  # noqa: N802 (ComfyUI's V1 API names)
-            return {"required": {"ckpt_name": ("STRING", {"default": "tiny"}), "family": (["sdxl", "sd1"],)}}
+            return {"required": {"ckpt_name": ("STRING", {"default": "tiny"}), "family": (["sdxl", "sd1", "lumina2"],)}}
 
         RETURN_TYPES = ("MODEL", "CLIP", "VAE")
         FUNCTION = "load"
@@ -118,9 +130,31 @@ def register_test_nodes():
         def make(self, count, size, seed):
             return (tiny_comfy.random_images(count, size, seed),)
 
+    def sana_part(index: int, return_type: str):
+        class DTITestTinySanaPart:
+            """Stands in for one of ComfyUI_ExtraModels' SANA loaders (checkpoint, Gemma, VAE)."""
+
+            @classmethod
+            def INPUT_TYPES(cls):  # noqa: N802
+                return {"required": {"name": ("STRING", {"default": "tiny"})}}
+
+            RETURN_TYPES = (return_type,)
+            FUNCTION = "load"
+            CATEGORY = "testing"
+
+            def load(self, name):
+                return (tiny_objects("sana")[index],)
+
+        return DTITestTinySanaPart
+
     nodes.NODE_CLASS_MAPPINGS["DTITestTinyCheckpoint"] = DTITestTinyCheckpoint
     nodes.NODE_CLASS_MAPPINGS["DTITestImages"] = DTITestImages
     _TEST_NODES.update(DTITestTinyCheckpoint=DTITestTinyCheckpoint, DTITestImages=DTITestImages)
+    if tiny_comfy.extramodels_path() is not None:
+        sana = {"DTITestTinySana": sana_part(0, "MODEL"), "DTITestTinyGemma": sana_part(1, "GEMMA"),
+                "DTITestTinySanaVAE": sana_part(2, "VAE")}
+        nodes.NODE_CLASS_MAPPINGS.update(sana)
+        _TEST_NODES.update(sana)
 
 
 _TEST_NODES: dict = {}

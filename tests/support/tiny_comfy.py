@@ -144,12 +144,12 @@ def build_clip(family: str = "sdxl", seed: int = 1, embedding_directory: str | N
     return clip
 
 
-def build_vae(seed: int = 2):
+def build_vae(seed: int = 2, latent_channels: int = 4):
     """A real 8×-downscaling TAESD VAE (2.4 M parameters) with random weights."""
     import comfy.sd
     import comfy.taesd.taesd
 
-    shapes = comfy.taesd.taesd.TAESD(latent_channels=4)
+    shapes = comfy.taesd.taesd.TAESD(latent_channels=latent_channels)
     sd = {}
     for name, t in random_state_dict(shapes, seed).items():
         if name.startswith(("taesd_encoder.", "taesd_decoder.")):
@@ -224,3 +224,155 @@ def build_full_sdxl(device: str = "cuda", dtype: torch.dtype = torch.float16):
                          model_options={"initial_device": torch.device(device)})
     randomize_(clip.cond_stage_model, seed=1)
     return patcher, clip
+
+
+# ---------------------------------------------------------------------------------------------
+# Gemma-2 families: Lumina 2 (native) — SentencePiece tokenizer, Gemma CLIP, NextDiT, 16-ch VAE
+
+SP_WORDS = (
+    "a an the photo rendering cropped clean dirty dark my cool close-up bright good one rendition nice small weird "
+    "large of in on at with and painting picture style dog cat teapot car house tree beach forest city street sunset "
+    "snow garden table sketch watercolor portrait you are assistant designed to generate superior images high-quality "
+    "degree image-text alignment based textual prompts or user prompt start given enhanced that provides detailed "
+    "visual descriptions suitable for generation evaluate level detail if is simple focus adding specifics about colors "
+    "shapes sizes textures spatial relationships create vivid concrete scenes already refine enhance existing details "
+    "slightly without overcomplicating here are examples how transform sleeping fluffy white curled up round shape "
+    "peacefully warm sunny windowsill surrounded by pots blooming red flowers busy scene dusk featuring glowing lamps "
+    "diverse crowd people colorful clothing double-decker bus passing towering glass skyscrapers please only "
+    "description below avoid including any additional commentary evaluations sks"
+).split()
+
+
+def sentencepiece_model(vocab_size: int = 1000, seed: int = 0) -> bytes:
+    """A small BPE SentencePiece model shaped like Gemma's: pad 0, eos 1, bos 2, unk 3, no dummy prefix."""
+    import io
+    import random
+
+    import sentencepiece
+
+    rng = random.Random(seed)
+    lines = [" ".join(rng.choice(SP_WORDS) for _ in range(rng.randint(3, 12))) for _ in range(3000)]
+    lines += [" ".join(SP_WORDS[i : i + 8]) for i in range(0, len(SP_WORDS), 4)]
+    # Bare words too, so that a word alone (an initializer) is one piece, as in Gemma's real vocabulary.
+    lines += [w for w in SP_WORDS for _ in range(30)]
+    buf = io.BytesIO()
+    sentencepiece.SentencePieceTrainer.train(
+        sentence_iterator=iter(lines), model_writer=buf, vocab_size=vocab_size, model_type="bpe",
+        pad_id=0, eos_id=1, bos_id=2, unk_id=3, pad_piece="<pad>", eos_piece="<eos>", bos_piece="<bos>", unk_piece="<unk>",
+        add_dummy_prefix=False, byte_fallback=True, character_coverage=1.0,
+        num_threads=1, user_defined_symbols=["<start_of_turn>", "<end_of_turn>"], minloglevel=2,
+    )
+    return buf.getvalue()
+
+
+GEMMA_TINY = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 3, "num_attention_heads": 2,
+              "num_key_value_heads": 1, "max_position_embeddings": 1024}
+
+
+def build_gemma_clip(seed: int = 4, vocab_size: int = 1000, width: int = 32):
+    """comfy.sd.CLIP with ComfyUI's own Gemma-2 text encoder (Lumina 2's), tiny, random weights."""
+    import comfy.sd
+    import comfy.text_encoders.lumina2
+    from comfy.supported_models_base import ClipTarget
+
+    config = {**GEMMA_TINY, "vocab_size": vocab_size, "hidden_size": width, "intermediate_size": 2 * width}
+    clip = comfy.sd.CLIP(
+        target=ClipTarget(comfy.text_encoders.lumina2.LuminaTokenizer, comfy.text_encoders.lumina2.te()),
+        tokenizer_data={"spiece_model": sentencepiece_model(vocab_size)},
+        model_options={"gemma2_2b_model_config": config},
+    )
+    clip.load_sd(random_state_dict(clip.cond_stage_model, seed), full_model=True)
+    return clip
+
+
+def build_lumina2_model(seed: int = 5, cap_width: int = 32, dim: int = 64):
+    """A ModelPatcher around a tiny NextDiT (Lumina 2) with random fan-in weights."""
+    import comfy.model_management
+    import comfy.model_patcher
+    import comfy.supported_models
+
+    unet = {"image_model": "lumina2", "patch_size": 2, "in_channels": 16, "dim": dim, "n_layers": 2, "n_refiner_layers": 1,
+            "n_heads": 2, "n_kv_heads": 2, "multiple_of": 16, "ffn_dim_multiplier": None, "norm_eps": 1e-5, "qk_norm": True,
+            "cap_feat_dim": cap_width, "axes_dims": [8, 12, 12], "axes_lens": [1024, 128, 128]}
+    config = comfy.supported_models.Lumina2(unet)
+    config.set_inference_dtype(torch.float32, None)
+    model = config.get_model({})
+    model.load_model_weights(random_state_dict(model.diffusion_model, seed), "")
+    return comfy.model_patcher.ModelPatcher(model, load_device=comfy.model_management.get_torch_device(),
+                                            offload_device=comfy.model_management.unet_offload_device())
+
+
+def build_flux_vae(seed: int = 6):
+    """A 16-channel TAESD (the Flux/Lumina 2 latent space), random weights."""
+    return build_vae(seed=seed, latent_channels=16)
+
+
+# ---------------------------------------------------------------------------------------------
+# SANA through ComfyUI_ExtraModels (when that pack sits in ComfyUI/custom_nodes)
+
+SANA_TINY_CONFIG = "DTITest_SanaTiny"
+
+
+def extramodels_path(comfy_root: Path | None = None) -> Path | None:
+    root = comfy_root or find_comfyui()
+    if root is None:
+        return None
+    path = root / "custom_nodes" / "ComfyUI_ExtraModels"
+    return path if (path / "Sana" / "nodes.py").is_file() else None
+
+
+def load_extramodels(path: Path):
+    """Import the pack through ComfyUI's own loader (once); returns its module."""
+    import asyncio
+
+    import nodes
+
+    name = str(path).replace(".", "_x_")
+    if name not in sys.modules and not asyncio.run(nodes.load_custom_node(str(path))):
+        raise RuntimeError(f"ComfyUI could not import {path}")
+    return sys.modules[name]
+
+
+def build_sana(pack_module, checkpoint_dir: Path, cap_width: int = 32, seed: int = 7):
+    """A tiny SANA (depth 1, hidden 32, 2 heads) registered in the pack's config table and loaded by
+    its own SanaCheckpointLoader, without its global CFG patch (it would leak into other tests)."""
+    import importlib
+
+    import folder_paths
+
+    conf = importlib.import_module(pack_module.__name__ + ".Sana.conf")
+    sana_ms = importlib.import_module(pack_module.__name__ + ".Sana.models.sana_multi_scale")
+    sana_nodes = importlib.import_module(pack_module.__name__ + ".Sana.nodes")
+    unet = {"in_channels": 32, "depth": 1, "hidden_size": 32, "patch_size": 1, "num_heads": 2, "linear_head_dim": 16,
+            "model_max_length": 300, "y_norm": True, "attn_type": "linear", "ffn_type": "glumbconv", "mlp_ratio": 2.5,
+            "mlp_acts": ["silu", "silu", None], "use_pe": False, "pred_sigma": False, "learn_sigma": False,
+            "fp32_attention": True, "caption_channels": cap_width}
+    conf.sana_conf[SANA_TINY_CONFIG] = {"target": "SanaMS", "unet_config": unet, "sampling_settings": {"shift": 3.0}}
+    import safetensors.torch
+
+    path = checkpoint_dir / "tiny_sana.safetensors"
+    if not path.exists():
+        safetensors.torch.save_file(random_state_dict(sana_ms.SanaMS(**dict(unet)), seed), str(path))
+    folder_paths.add_model_folder_path("checkpoints", str(checkpoint_dir))
+    (model,) = sana_nodes.SanaCheckpointLoader().load_checkpoint(path.name, SANA_TINY_CONFIG, "FP32", enable_cfg_passthrough=False)
+    return model
+
+
+def build_hf_gemma(seed: int = 8, width: int = 32, vocab_size: int = 1000) -> dict:
+    """What ExtraModels' GemmaLoader returns, tiny: an HF GemmaTokenizer over a test SentencePiece
+    model (BOS added, right padding) and a random HF Gemma2 decoder."""
+    import tempfile
+
+    from transformers import Gemma2Config, Gemma2Model, GemmaTokenizer
+
+    folder = Path(tempfile.mkdtemp(prefix="dti-gemma-tok-"))
+    (folder / "tokenizer.model").write_bytes(sentencepiece_model(vocab_size))
+    tokenizer = GemmaTokenizer.from_pretrained(str(folder), add_bos_token=True)
+    tokenizer.padding_side = "right"
+    config = Gemma2Config(vocab_size=len(tokenizer), hidden_size=width, intermediate_size=2 * width, num_hidden_layers=2,
+                          num_attention_heads=2, num_key_value_heads=1, head_dim=16, max_position_embeddings=1024,
+                          pad_token_id=0, bos_token_id=2, eos_token_id=1, attn_implementation="eager")
+    model = Gemma2Model(config).eval()
+    model.load_state_dict(random_state_dict(model, seed), strict=False)
+    model.requires_grad_(False)
+    return {"tokenizer": tokenizer, "text_encoder": model, "text_encoder_model": None}

@@ -1,0 +1,215 @@
+"""SANA through ComfyUI_ExtraModels: its GEMMA dict (HF tokenizer + HF Gemma2) as a text encoder.
+
+ExtraModels' SanaTextEncode prepends a "complex human instruction", pads to instruction + 298
+tokens, keeps BOS plus the last 299 positions and zeroes padding rows (the model reads the caption
+length from non-zero rows). This adapter builds exactly that sequence with the concept's rows
+spliced in by a forward hook on the HF `embed_tokens`. HF Gemma scales embeddings by √hidden
+inside that layer (transformers ≥ 5), so the hook writes raw row × embed_scale, where ComfyUI's own
+Gemma takes raw rows and scales after splicing. Both models stay frozen and in eval mode: SANA's
+`.train()` would drop captions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Iterator
+
+import torch
+
+from ..dti.trainer import TrainingError
+from .clip_text import PLACEHOLDER, MissingPlaceholderError, TextCond
+from .families import FAMILIES, UnsupportedModelError
+
+TEXT_LENGTH = 300  # SANA's model_max_length: BOS + 299 selected positions
+
+
+def instruction_prefix() -> str:
+    """The instruction SanaTextEncode puts before every prompt, read from the installed pack."""
+    for name, module in list(sys.modules.items()):
+        if name.endswith("Sana.nodes") and hasattr(module, "preset_te_prompt"):
+            return "\n".join(module.preset_te_prompt)
+    raise UnsupportedModelError(
+        "a GEMMA text encoder was connected, but ComfyUI_ExtraModels (which defines SANA's text encoding) is not "
+        "loaded; install Efficient-Large-Model/ComfyUI_ExtraModels in custom_nodes"
+    )
+
+
+def _normalize_placeholder(prompt: str, name: str) -> str:
+    """`embedding:name` and `{}` both mark the concept (stock prompts cannot load Gemma embeddings)."""
+    for form in (f"embedding:{name}", f"embedding:{name}.safetensors"):
+        prompt = prompt.replace(form, PLACEHOLDER)
+    return prompt
+
+
+class _Prepared:
+    def __init__(self, ids: list[int], mask: list[int], slots: list[tuple[int, int]]) -> None:
+        self.ids, self.mask, self.slots = ids, mask, slots  # slots: (position, row)
+
+
+class SanaTextSide:
+    """The trainer's TextSide for ExtraModels' GEMMA dict."""
+
+    def __init__(self, encoder: SanaGemmaEncoder, name: str) -> None:
+        self.encoder, self.name = encoder, name
+        self.tokenizer, self.model = encoder.tokenizer, encoder.model
+        self._n_rows: int | None = None
+        self._cache: dict[str, _Prepared] = {}
+        self._pending: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+        self._hook = None
+
+    # -- lifetime: the embedding hook exists only while the side is open ----------------------
+
+    def __enter__(self) -> SanaTextSide:
+        self._hook = self.model.get_input_embeddings().register_forward_hook(self._splice)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._hook is not None:
+            self._hook.remove()
+            self._hook = None
+
+    def _splice(self, module, inputs, output):
+        if self._pending is None:
+            return output
+        batch_idx, pos_idx, values = self._pending
+        scale = getattr(module, "embed_scale", None)
+        values = values.to(output.dtype) * (scale.to(output.dtype) if torch.is_tensor(scale) else 1.0)
+        out = output.clone()
+        out[batch_idx, pos_idx] = values
+        return out
+
+    # -- TextSide protocol ----------------------------------------------------------------------
+
+    def encoder_keys(self) -> list[str]:
+        return ["gemma"]
+
+    def vocabulary(self, key: str) -> torch.Tensor:
+        return self.encoder.table(key)
+
+    def _word_ids(self, words: str) -> list[int]:
+        return list(self.tokenizer(words, add_special_tokens=False)["input_ids"])
+
+    def initializer_rows(self, key: str, words: str) -> torch.Tensor:
+        ids = self._word_ids(words)
+        table = self.vocabulary(key)
+        return table[torch.tensor(ids, dtype=torch.long, device=table.device)].detach().float() if ids else table[:0].float()
+
+    def initializer_hidden(self, key: str, words: str) -> torch.Tensor:
+        ids = self._word_ids(words)
+        bos = [self.tokenizer.bos_token_id] if self.tokenizer.bos_token_id is not None else []
+        with torch.no_grad():
+            hidden = self.model(torch.tensor([bos + ids], device=self.encoder.device))[0]
+        return hidden[0, len(bos):].detach().float()
+
+    def bind_rows(self, n_rows: dict[str, int]) -> None:
+        if self._n_rows != n_rows["gemma"]:
+            self._n_rows = int(n_rows["gemma"])
+            self._cache.clear()
+
+    def prepare(self, prompt: str) -> _Prepared:
+        if self._n_rows is None:
+            raise RuntimeError("bind_rows() must be called before encoding")
+        if prompt not in self._cache:
+            self._cache[prompt] = self._tokenize(prompt)
+        return self._cache[prompt]
+
+    def _tokenize(self, prompt: str) -> _Prepared:
+        tok = self.tokenizer
+        text = _normalize_placeholder(prompt, self.name)
+        parts = text.split(PLACEHOLDER)
+        if len(parts) < 2:
+            raise MissingPlaceholderError(
+                f"the prompt {prompt!r} does not mention the concept: write {{}} (or embedding:{self.name}) where it goes"
+            )
+        prefix = self.encoder.instruction
+        limit = len(tok.encode(prefix)) + TEXT_LENGTH - 2  # SanaTextEncode's max_length
+        # The first piece with special tokens, as the tokenizer sees the whole prompt's start; a
+        # trailing space before the concept would become a stray '▁' piece.
+        ids = list(tok(prefix + parts[0].rstrip(" "))["input_ids"])
+        slots = []
+        placeholder_id = tok.unk_token_id if tok.unk_token_id is not None else 0
+        for i, part in enumerate(parts[1:], start=1):
+            for row in range(self._n_rows):
+                slots.append((len(ids), row))
+                ids.append(placeholder_id)
+            followed_by_concept = i < len(parts) - 1
+            ids.extend(self._word_ids(part.rstrip(" ") if followed_by_concept else part))
+        ids = ids[:limit]
+        slots = [(p, r) for p, r in slots if p < limit]
+        if not slots:
+            raise TrainingError(f"the prompt {prompt!r} is so long that the concept falls past SANA's {TEXT_LENGTH} tokens")
+        mask = [1] * len(ids) + [0] * (limit - len(ids))
+        ids = ids + [tok.pad_token_id] * (limit - len(ids))
+        return _Prepared(ids, mask, slots)
+
+    def encode(self, prompts: list[str], rows: dict[str, torch.Tensor]) -> TextCond:
+        prepared = [self.prepare(p) for p in prompts]
+        device = self.encoder.device
+        ids = torch.tensor([p.ids for p in prepared], device=device)
+        mask = torch.tensor([p.mask for p in prepared], device=device)
+        b_idx = torch.tensor([b for b, p in enumerate(prepared) for _ in p.slots], device=device)
+        p_idx = torch.tensor([pos for p in prepared for pos, _r in p.slots], device=device)
+        r_idx = torch.tensor([r for p in prepared for _pos, r in p.slots], device=device)
+        self._pending = (b_idx, p_idx, rows["gemma"].to(device)[r_idx])
+        try:
+            hidden = self.model(ids, mask)[0]
+        finally:
+            self._pending = None
+        select = [0] + list(range(-TEXT_LENGTH + 1, 0))
+        embs = hidden[:, None][:, :, select]
+        embs = embs * mask[:, select].unsqueeze(-1).to(embs.dtype)[:, None]
+        return TextCond(cross_attn=embs, pooled=None)
+
+
+class SanaGemmaEncoder:
+    """ComfyUI_ExtraModels' GEMMA dict as the nodes' text encoder (the SANA family)."""
+
+    def __init__(self, gemma: dict, instruction: bool = True) -> None:
+        self.gemma = gemma
+        self.tokenizer = gemma["tokenizer"]
+        self.model = gemma["text_encoder"]
+        self.family = FAMILIES["sana"]
+        self.instruction = instruction_prefix() if instruction else ""
+
+    prompt_wrapper = PLACEHOLDER
+
+    def table(self, key: str) -> torch.Tensor:
+        return self.model.get_input_embeddings().weight
+
+    def decode(self, key: str, ids: list[int]) -> list[str]:
+        return [str(t) for t in self.tokenizer.convert_ids_to_tokens([int(i) for i in ids])]
+
+    def position_probe(self, key: str):
+        return None  # rotary positions
+
+    def text_side(self, name: str) -> SanaTextSide:
+        return SanaTextSide(self, name)
+
+    def conditioning(self, name: str, prompt: str, vectors: dict[str, torch.Tensor]) -> list:
+        """What SanaTextEncode returns for this prompt, with the concept's rows in place."""
+        with torch.no_grad(), self.text_side(name) as side:
+            side.bind_rows({"gemma": int(vectors["gemma"].shape[0])})
+            embs = side.encode([prompt], {"gemma": vectors["gemma"].detach().float()}).cross_attn
+        return [[embs, {}]]
+
+    @property
+    def patchers(self) -> list:
+        return []  # the HF model is not managed by ComfyUI
+
+    @property
+    def modules(self) -> list[torch.nn.Module]:
+        return [self.model]
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @contextlib.contextmanager
+    def training(self) -> Iterator[None]:
+        if self.model.training:
+            raise TrainingError("the Gemma text encoder is in training mode; DTI keeps both models frozen in eval mode")
+        yield
