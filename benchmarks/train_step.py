@@ -54,8 +54,11 @@ class BareStep:
         self.base = patcher.model
         self.sampling = patcher.get_model_object("model_sampling")
         prepared = [text.prepare(p) for p in batch.prompts]
-        clip_text = mod("nodes.clip_text")
         self.encoders = []
+        if family.name == "sana":
+            self._init_sana(text, prepared)
+            return
+        clip_text = mod("nodes.clip_text")
         for sub in family.encoders:
             enc = text.subs[sub.key]
             key = clip_text.token_key(text.clip, sub)
@@ -72,7 +75,30 @@ class BareStep:
                 base_emb = enc.transformer.get_input_embeddings()(torch.tensor(ids, device=device), out_dtype=torch.float32)
             self.encoders.append((sub.key, enc, base_emb, slots, num_tokens))
 
+    def _init_sana(self, text, prepared):
+        model = text.model
+        device = next(model.parameters()).device
+        ids = torch.tensor([p.ids for p in prepared], device=device)
+        self.sana_mask = torch.tensor([p.mask for p in prepared], device=device)
+        embed = model.get_input_embeddings()
+        with torch.no_grad():
+            self.sana_emb = embed(ids).float()
+        self.sana_scale = float(getattr(embed, "embed_scale", torch.tensor(1.0)))
+        self.sana_slots = [(b, pos, r) for b, p in enumerate(prepared) for pos, r in p.slots]
+        self.sana_model = model
+
+    def _text_sana(self, rows):
+        emb = self.sana_emb.clone()
+        b, i, r = zip(*self.sana_slots)
+        emb[list(b), list(i)] = rows["gemma"][list(r)] * self.sana_scale
+        hidden = self.sana_model(inputs_embeds=emb.to(self.sana_model.dtype), attention_mask=self.sana_mask)[0]
+        select = [0] + list(range(-299, 0))
+        embs = hidden[:, None][:, :, select] * self.sana_mask[:, select].unsqueeze(-1).to(hidden.dtype)[:, None]
+        return embs, None
+
     def __call__(self, rows, generator):
+        if self.family.name == "sana":
+            return self._denoise(*self._text_sana(rows), generator)
         contexts, pooled = [], None
         for key, enc, base_emb, slots, num_tokens in self.encoders:
             emb = base_emb.clone()
@@ -81,8 +107,11 @@ class BareStep:
             out = enc.transformer(None, None, embeds=emb, num_tokens=num_tokens, intermediate_output=enc.layer_idx,
                                   final_layer_norm_intermediate=enc.layer_norm_hidden_state, dtype=torch.float32)
             contexts.append(out[1] if enc.layer == "hidden" else out[0])
-            pooled = out[2]
+            pooled = out[2] if len(out) > 2 else None
         context = torch.cat(contexts, dim=-1) if len(contexts) > 1 else contexts[0]
+        return self._denoise(context, pooled, generator)
+
+    def _denoise(self, context, pooled, generator):
         device = self.patcher.load_device
         x0 = self.batch.latents.to(device)
         n = x0.shape[0]
@@ -95,6 +124,8 @@ class BareStep:
             th, tw = self.batch.target_size
             kwargs["y"] = self.base.encode_adm(pooled_output=pooled, width=tw, height=th, target_width=tw,
                                                target_height=th, device=device).to(device, dtype)
+        elif self.family.name == "lumina2":
+            kwargs["num_tokens"] = context.shape[1]
         xc = self.sampling.calculate_input(sigma, x_t).to(dtype)
         out = self.base.diffusion_model(xc, self.sampling.timestep(sigma).float(), context=context.to(device, dtype), **kwargs)
         loss = ((out.float() - noise) ** 2).mean()
@@ -103,21 +134,23 @@ class BareStep:
 
 
 def measure(device, mod, model, clip, family_name, resolution, batch_size, steps, warmup, checkpointing, precision):
-    session, tr, clip_text, denoise = mod("nodes.session"), mod("dti.trainer"), mod("nodes.clip_text"), mod("nodes.denoise")
-    families = mod("nodes.families")
-    family = families.detect_clip_family(clip)
+    session, tr, denoise = mod("nodes.session"), mod("dti.trainer"), mod("nodes.denoise")
+    encoder = mod("nodes.text_encoders").text_encoder(clip)
+    family = encoder.family
     down = 8
     g = torch.Generator().manual_seed(0)
     h = resolution // down
     examples = [tr.LatentExample(latent=torch.randn(model.model.latent_format.latent_channels, h, h, generator=g),
                                  original_size=(resolution, resolution)) for _ in range(max(batch_size, 2))]
     with torch.inference_mode(False), torch.enable_grad():
-        with (session.training_models(model, clip, precision, checkpointing) as patcher,
-              clip_text.ClipTextSide(clip, family, "bench") as text):
-            den = denoise.ModelDenoiseSide(patcher, patcher.load_device)
-            sampler = tr.BatchSampler(examples, batch_size, (h, h), down, tr.OBJECT_TEMPLATES, seed=0)
+        # Gemma prompts differ in length and SANA batches one prompt per forward: time one template,
+        # so the bare baseline can batch exactly the same sequences.
+        templates = tr.OBJECT_TEMPLATES if family.name == "sdxl" else tr.OBJECT_TEMPLATES[:1]
+        with session.training_models(model, encoder, precision, checkpointing) as patcher, encoder.text_side("bench") as text:
+            den = denoise.ModelDenoiseSide(patcher, patcher.load_device, identical_prompt_batches=family.identical_prompt_batches)
+            sampler = tr.BatchSampler(examples, batch_size, (h, h), down, templates, seed=0)
             trainer = tr.Trainer(text, den, sampler, tr.TrainConfig(steps=10**6, lr=0.04, kappa=1e-4),
-                                 name="bench", initializer="dog", device=clip.patcher.load_device)
+                                 name="bench", initializer="dog", device=encoder.device)
             text.bind_rows({k: v.shape[0] for k, v in trainer.params.items()})
             bare = BareStep(mod, text, patcher, family, sampler.next(), None)
             leaf = {k: v.detach().clone().requires_grad_(True) for k, v in trainer.rows().items()}
@@ -147,7 +180,7 @@ def measure(device, mod, model, clip, family_name, resolution, batch_size, steps
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    ap.add_argument("--family", choices=["sdxl", "lumina2"], default="sdxl")
+    ap.add_argument("--family", choices=["sdxl", "lumina2", "sana"], default="sdxl")
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--threads", type=int, default=1)
@@ -155,20 +188,30 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     mod = load_pack(args.device)
 
+    if args.family == "sana" and tiny_comfy.extramodels_path() is None:
+        sys.exit("the SANA path needs ComfyUI_ExtraModels in ComfyUI/custom_nodes")
     if args.device == "cpu":
         with torch.inference_mode():
             if args.family == "sdxl":
                 model, clip = tiny_comfy.build_model("sdxl"), tiny_comfy.build_clip("sdxl")
-            else:
+            elif args.family == "lumina2":
                 model, clip = tiny_comfy.build_lumina2_model(), tiny_comfy.build_gemma_clip()
-        configs = [(128, 4, False, "auto")]
+            else:
+                import tempfile
+
+                pack = tiny_comfy.load_extramodels(tiny_comfy.extramodels_path())
+                model, clip = tiny_comfy.build_sana(pack, Path(tempfile.mkdtemp())), tiny_comfy.build_hf_gemma()
+        configs = [(128, 4, False, "auto")] if args.family == "sdxl" else [(64, 2, False, "auto")]
     else:
         with torch.inference_mode():
             if args.family == "sdxl":
                 model, clip = tiny_comfy.build_full_sdxl("cuda")
+                configs = [(1024, 1, False, "bf16"), (1024, 1, True, "bf16"), (768, 4, False, "bf16"), (768, 4, True, "bf16")]
+            elif args.family == "sana":
+                model, clip = tiny_comfy.build_full_sana("cuda")
+                configs = [(1024, 2, False, "bf16"), (1024, 2, True, "bf16")]
             else:
-                model, clip = tiny_comfy.build_full_lumina2("cuda")
-        configs = [(1024, 1, False, "bf16"), (1024, 1, True, "bf16"), (768, 4, False, "bf16"), (768, 4, True, "bf16")]
+                sys.exit("full-size GPU shapes are provided for sdxl and sana")
 
     print(f"# DTI Train step, {args.family}, device {args.device}, torch {torch.__version__}, threads {args.threads}")
     for resolution, batch, gc, precision in configs:

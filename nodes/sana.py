@@ -12,6 +12,8 @@ Gemma takes raw rows and scales after splicing. Both models stay frozen and in e
 from __future__ import annotations
 
 import contextlib
+import copy
+import logging
 import sys
 from collections.abc import Iterator
 
@@ -22,6 +24,8 @@ from .clip_text import PLACEHOLDER, MissingPlaceholderError, TextCond
 from .families import FAMILIES, UnsupportedModelError
 
 TEXT_LENGTH = 300  # SANA's model_max_length: BOS + 299 selected positions
+
+log = logging.getLogger("ComfyUI-DTI")
 
 
 def instruction_prefix() -> str:
@@ -50,13 +54,15 @@ class _Prepared:
 class SanaTextSide:
     """The trainer's TextSide for ExtraModels' GEMMA dict."""
 
-    def __init__(self, encoder: SanaGemmaEncoder, name: str) -> None:
+    def __init__(self, encoder: SanaGemmaEncoder, name: str, cache_instruction: bool = True) -> None:
         self.encoder, self.name = encoder, name
         self.tokenizer, self.model = encoder.tokenizer, encoder.model
         self._n_rows: int | None = None
         self._cache: dict[str, _Prepared] = {}
         self._pending: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
         self._hook = None
+        self.cache_instruction = cache_instruction
+        self._prefix = None  # (token ids, key/value cache, BOS hidden state) of the fixed instruction
 
     # -- lifetime: the embedding hook exists only while the side is open ----------------------
 
@@ -148,6 +154,73 @@ class SanaTextSide:
 
     def encode(self, prompts: list[str], rows: dict[str, torch.Tensor]) -> TextCond:
         prepared = [self.prepare(p) for p in prompts]
+        if self.cache_instruction and torch.is_grad_enabled():
+            fast = self._encode_after_instruction(prepared, rows)
+            if fast is not None:
+                return fast
+        return self._encode_full(prepared, rows)
+
+    def _instruction_cache(self):
+        """Run the instruction once. Gemma is causal, so nothing after it changes its keys and values."""
+        if self._prefix is None:
+            ids = list(self.tokenizer(self.encoder.instruction)["input_ids"])
+            keep = len(ids) - 1  # the last piece may merge with the user's first word
+            if keep < 1:
+                self._prefix = False
+                return None
+            with torch.no_grad():
+                out = self.model(torch.tensor([ids[:keep]], device=self.encoder.device), use_cache=True)
+            self._prefix = (ids[:keep], out.past_key_values, out.last_hidden_state[0, 0].detach())
+        return self._prefix or None
+
+    def _encode_after_instruction(self, prepared: list[_Prepared], rows: dict[str, torch.Tensor]) -> TextCond | None:
+        """The training encode: only the prompt's tokens, against the cached instruction.
+
+        SanaTextEncode's window is BOS + the 299 positions from the instruction's last piece on;
+        padding rows are zero, so the padding needs no computing at all. Returns None (full path)
+        if the cache cannot be used.
+        """
+        try:
+            cached = self._instruction_cache()
+            if cached is None:
+                return None
+            prefix_ids, cache, bos_hidden = cached
+            keep = len(prefix_ids)
+            suffixes = []
+            for p in prepared:
+                real = sum(p.mask)
+                if p.ids[:keep] != prefix_ids or real - keep > TEXT_LENGTH - 1:
+                    return None
+                suffixes.append(p.ids[keep:real])
+            device = self.encoder.device
+            longest = max(len(x) for x in suffixes)
+            pad = self.tokenizer.pad_token_id
+            ids = torch.tensor([x + [pad] * (longest - len(x)) for x in suffixes], device=device)
+            suffix_mask = torch.tensor([[1] * len(x) + [0] * (longest - len(x)) for x in suffixes], device=device)
+            attention = torch.cat([torch.ones(len(suffixes), keep, dtype=suffix_mask.dtype, device=device), suffix_mask], dim=1)
+            past = copy.deepcopy(cache)
+            if len(suffixes) > 1:
+                past.batch_repeat_interleave(len(suffixes))
+            b_idx = torch.tensor([b for b, p in enumerate(prepared) for _ in p.slots], device=device)
+            p_idx = torch.tensor([pos - keep for p in prepared for pos, _r in p.slots], device=device)
+            r_idx = torch.tensor([r for p in prepared for _pos, r in p.slots], device=device)
+            self._pending = (b_idx, p_idx, rows["gemma"].to(device)[r_idx])
+            try:
+                hidden = self.model(ids, attention_mask=attention, past_key_values=past, use_cache=True)[0]
+            finally:
+                self._pending = None
+        except (AttributeError, TypeError, RuntimeError, ValueError) as e:
+            log.warning("ComfyUI-DTI: instruction caching unavailable (%s: %s); encoding the full prompt", type(e).__name__, e)
+            self._prefix = False
+            return None
+        out = hidden.new_zeros(len(suffixes), TEXT_LENGTH, hidden.shape[-1])
+        out[:, 0] = bos_hidden.to(hidden.dtype)
+        width = min(longest, TEXT_LENGTH - 1)
+        out[:, 1 : 1 + width] = hidden[:, :width] * suffix_mask[:, :width, None].to(hidden.dtype)
+        return TextCond(cross_attn=out[:, None], pooled=None)
+
+    def _encode_full(self, prepared: list[_Prepared], rows: dict[str, torch.Tensor]) -> TextCond:
+        """Exactly SanaTextEncode's computation: the whole padded sequence, then its selection."""
         device = self.encoder.device
         ids = torch.tensor([p.ids for p in prepared], device=device)
         mask = torch.tensor([p.mask for p in prepared], device=device)

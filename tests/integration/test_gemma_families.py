@@ -236,3 +236,21 @@ def test_sana_concept_in_load_slerp_inspector_and_a_sampler(pack, embeddings):
 @needs_extramodels
 def test_sana_hidden_direction_recovery_rises(pack, embeddings):
     assert mean_rise(pack, "sana", steps=240) >= 0.25
+
+
+@needs_extramodels
+def test_sana_training_encode_with_cached_instruction_matches_the_full_encode(pack, embeddings):
+    _model, gemma, _vae = tiny_objects("sana")
+    encoder = submodule(pack, "nodes.text_encoders").text_encoder(gemma)
+    rows = {"gemma": encoder.table("gemma")[[5, 9]].float().clone().requires_grad_(True)}
+    prompts = ["a photo of {} on a beach", "{}", "the dog next to {} in a very busy city street at dusk"]
+    with torch.inference_mode(False), torch.enable_grad(), encoder.text_side("x") as side:
+        side.bind_rows({"gemma": 2})
+        fast = side.encode(prompts, rows).cross_attn
+        assert side._prefix, "the instruction cache was not used"
+        full = side._encode_full([side.prepare(p) for p in prompts], rows).cross_attn
+        assert fast.shape == full.shape == (3, 1, 300, 32)
+        assert torch.allclose(fast, full, atol=1e-5), float((fast - full).abs().max())
+        assert torch.equal(fast == 0, full == 0)  # the same rows are padding
+        fast.sum().backward()
+        assert float(rows["gemma"].grad.norm()) > 0

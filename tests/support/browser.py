@@ -42,7 +42,7 @@ def free_port() -> int:
 class ComfyServer:
     """ComfyUI's main.py in a temporary base directory: the pack and the test nodes in custom_nodes."""
 
-    def __init__(self, comfy_root: Path, python: str = sys.executable) -> None:
+    def __init__(self, comfy_root: Path, python: str = sys.executable, extra_nodes: tuple[Path, ...] = ()) -> None:
         self.root = comfy_root
         self.python = python
         self.base = Path(tempfile.mkdtemp(prefix="dti-comfy-"))
@@ -53,6 +53,8 @@ class ComfyServer:
             (self.base / d).mkdir(parents=True, exist_ok=True)
         (self.base / "custom_nodes" / "ComfyUI-DTI").symlink_to(tiny_comfy.PACK_ROOT)
         (self.base / "custom_nodes" / "dti_test_nodes").symlink_to(TEST_NODES)
+        for extra in extra_nodes:
+            (self.base / "custom_nodes" / extra.name).symlink_to(extra)
         self.log = self.base / "server.log"
 
     @property

@@ -22,7 +22,7 @@ from PIL import Image  # noqa: E402
 
 WORKFLOWS = tiny_comfy.PACK_ROOT / "workflows"
 NAMED_FILES = {
-    "models/checkpoints": ["sd_xl_base_1.0.safetensors"],
+    "models/checkpoints": ["sd_xl_base_1.0.safetensors", "lumina_2.safetensors"],
     "models/embeddings": ["my_concept.safetensors", "concept_a.safetensors", "concept_b.safetensors",
                           "my_ti_embedding.safetensors"],
 }
@@ -48,7 +48,8 @@ async def shoot(server: br.ComfyServer, names: list[str]) -> None:
 
 
 def main() -> None:
-    server = br.ComfyServer(tiny_comfy.find_comfyui())
+    extra = tiny_comfy.extramodels_path()
+    server = br.ComfyServer(tiny_comfy.find_comfyui(), extra_nodes=(extra,) if extra else ())
     for folder, files in NAMED_FILES.items():
         for f in files:
             (server.base / folder / f).write_bytes(b"")

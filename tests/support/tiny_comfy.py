@@ -376,3 +376,39 @@ def build_hf_gemma(seed: int = 8, width: int = 32, vocab_size: int = 1000) -> di
     model.load_state_dict(random_state_dict(model, seed), strict=False)
     model.requires_grad_(False)
     return {"tokenizer": tokenizer, "text_encoder": model, "text_encoder_model": None}
+
+
+def build_full_sana(device: str = "cuda", dtype: torch.dtype = torch.bfloat16) -> tuple:
+    """(ModelPatcher, GEMMA dict) with SANA 1.5 1.6B's real shapes (from the pack's own config table)
+    and a Gemma-2-2B-shaped HF decoder, random weights made on the device. Needs ComfyUI_ExtraModels."""
+    import importlib
+
+    import comfy.model_base
+    import comfy.model_management
+    import comfy.model_patcher
+    from transformers import Gemma2Config, Gemma2Model
+
+    pack = load_extramodels(extramodels_path())
+    conf = importlib.import_module(pack.__name__ + ".Sana.conf")
+    loader = importlib.import_module(pack.__name__ + ".Sana.loader")
+    sana_ms = importlib.import_module(pack.__name__ + ".Sana.models.sana_multi_scale")
+    model_conf = loader.EXM_Sana(dict(conf.sana_conf["SanaMS1.5_1600M_P1_D20"]))
+    model = loader.EXM_Sana_Model(model_conf, model_type=comfy.model_base.ModelType.FLOW, device=torch.device(device))
+    unet = {k: v for k, v in model_conf.unet_config.items() if k != "disable_unet_model_creation"}
+    with torch.device(device):
+        model.diffusion_model = sana_ms.SanaMS(**unet)
+    model.diffusion_model.to(dtype).eval()
+    model.diffusion_model.dtype = dtype
+    randomize_(model.diffusion_model)
+    patcher = comfy.model_patcher.ModelPatcher(model, load_device=torch.device(device),
+                                               offload_device=comfy.model_management.unet_offload_device())
+    gemma = build_hf_gemma()  # the small test tokenizer; its ids are valid in the full vocabulary
+    config = Gemma2Config(vocab_size=256000, hidden_size=2304, intermediate_size=9216, num_hidden_layers=26,
+                          num_attention_heads=8, num_key_value_heads=4, head_dim=256, pad_token_id=0, bos_token_id=2,
+                          eos_token_id=1, attn_implementation="sdpa")
+    with torch.device(device):
+        text = Gemma2Model(config).to(dtype).eval()
+    randomize_(text, seed=1)
+    text.requires_grad_(False)
+    gemma["text_encoder"] = text
+    return patcher, gemma

@@ -157,19 +157,21 @@ def to_api(workflow: dict) -> dict:
 
 
 TEST_LOADERS = {
-    # stock loader → (test loader, widget values); outputs keep their order and types
-    "CheckpointLoaderSimple": ("DTITestTinyCheckpoint", ["tiny", "sdxl"]),
+    # stock loader → test loader of tiny models; outputs keep their order and types
+    "CheckpointLoaderSimple": "DTITestTinyCheckpoint",
+    "SanaCheckpointLoader": "DTITestTinySana",
+    "GemmaLoader": "DTITestTinyGemma",
+    "ExtraVAELoader": "DTITestTinySanaVAE",
 }
 
 
 def swap_loaders(workflow: dict, family: str = "sdxl") -> dict:
-    """A copy where each stock checkpoint loader is the test-only loader of tiny models."""
+    """A copy where each loader of real model files is the test-only loader of tiny models."""
     wf = json.loads(json.dumps(workflow))
     for node in wf["nodes"]:
         if node["type"] in TEST_LOADERS:
-            new_type, values = TEST_LOADERS[node["type"]]
-            node["type"] = new_type
-            node["widgets_values"] = [values[0], family]
+            node["type"] = TEST_LOADERS[node["type"]]
+            node["widgets_values"] = ["tiny", family] if node["type"] == "DTITestTinyCheckpoint" else ["tiny"]
     return wf
 
 
@@ -194,19 +196,25 @@ def note(g: Graph, pos, text: str, size=(330, 240)) -> None:
 
 
 def sampler_tail(g: Graph, ckpt: int, positive: tuple[int, int], x: int, y: int, width: int, height: int, batch: int = 1,
-                 steps: int = 25, prefix: str = "dti") -> None:
-    neg = g.add("CLIPTextEncode", (x, y), size=(360, 120), title="Negative prompt", text="blurry, low quality")
-    g.link(ckpt, 1, neg, "clip")
-    latent = g.add("EmptyLatentImage", (x, y + 170), size=(300, 110), width=width, height=height, batch_size=batch)
-    ks = g.add("KSampler", (x + 400, y), size=(320, 270), seed=42, steps=steps, cfg=6.0, sampler_name="dpmpp_2m",
-               scheduler="karras", denoise=1.0)
-    g.link(ckpt, 0, ks, "model")
+                 steps: int = 25, prefix: str = "dti", negative: tuple[str, str, dict] | None = None,
+                 latent_type: str = "EmptyLatentImage", sampler: tuple[str, str, float] = ("dpmpp_2m", "karras", 6.0),
+                 sources: tuple[tuple[int, int], tuple[int, int], tuple[int, int]] | None = None) -> None:
+    """Negative prompt, empty latent, KSampler, VAE decode and save. ``sources``: (model, text encoder,
+    vae) outputs when they do not all come from one checkpoint loader."""
+    model_src, clip_src, vae_src = sources or ((ckpt, 0), (ckpt, 1), (ckpt, 2))
+    neg_type, clip_input, neg_widgets = negative or ("CLIPTextEncode", "clip", {"text": "blurry, low quality"})
+    neg = g.add(neg_type, (x, y), size=(360, 140), title="Negative prompt", **neg_widgets)
+    g.link(clip_src[0], clip_src[1], neg, clip_input)
+    latent = g.add(latent_type, (x, y + 190), size=(300, 110), width=width, height=height, batch_size=batch)
+    ks = g.add("KSampler", (x + 400, y), size=(320, 270), seed=42, steps=steps, cfg=sampler[2], sampler_name=sampler[0],
+               scheduler=sampler[1], denoise=1.0)
+    g.link(model_src[0], model_src[1], ks, "model")
     g.link(positive[0], positive[1], ks, "positive")
     g.link(neg, 0, ks, "negative")
     g.link(latent, 0, ks, "latent_image")
     dec = g.add("VAEDecode", (x + 760, y), size=(220, 50))
     g.link(ks, 0, dec, "samples")
-    g.link(ckpt, 2, dec, "vae")
+    g.link(vae_src[0], vae_src[1], dec, "vae")
     save = g.add("SaveImage", (x + 760, y + 100), size=(420, 420), filename_prefix=prefix)
     g.link(dec, 0, save, "images")
 
@@ -289,12 +297,63 @@ def build_inspect() -> Graph:
     return g
 
 
+def build_train_lumina2() -> Graph:
+    g = Graph("DTI: train a Lumina 2 concept (Gemma-2-2B) and sample with it")
+    ckpt = g.add("CheckpointLoaderSimple", (40, 80), size=(330, 100), ckpt_name="lumina_2.safetensors")
+    imgs = g.add("LoadImageSetFromFolderNode", (40, 240), size=(330, 90), folder="my_concept", resize_method="None")
+    train = g.add("DTITrain", (420, 80), size=(380, 900), name="my_concept_lumina2", initializer="dog",
+                  prompt="a photo of {} on a beach at sunset")
+    for i, name in enumerate(("model", "clip", "vae")):
+        g.link(ckpt, i, train, name)
+    g.link(imgs, 0, train, "images")
+    summary = g.add("PreviewAny", (850, 640), size=(420, 240), title="Training summary")
+    g.link(train, 3, summary, "source")
+    sampler_tail(g, ckpt, (train, 1), 850, 80, 1024, 1024, prefix="dti_lumina2", latent_type="EmptySD3LatentImage",
+                 negative=("CLIPTextEncodeLumina2", "clip", {"system_prompt": "superior", "user_prompt": "blurry, low quality"}),
+                 sampler=("res_multistep", "simple", 4.0))
+    note(g, (40, 380), "**DTI Train on Lumina 2.** The concept lives in Gemma-2's raw token space at its m*. Family "
+                       "defaults follow the SANA reference (1024², batch 2 × 2 accumulation, 500 steps, κ 5e-5). Every prompt "
+                       "gets Lumina 2's 'superior' system prompt, in training and in the conditioning alike. ComfyUI's Gemma "
+                       "prompts ignore `embedding:`, so use the concept through DTI Load Embedding.")
+    return g
+
+
+def build_train_sana() -> Graph:
+    g = Graph("DTI: train a SANA concept (ComfyUI_ExtraModels) and sample with it")
+    sana = g.add("SanaCheckpointLoader", (40, 80), size=(360, 160), ckpt_name="Efficient-Large-Model/SANA1.5_1.6B_1024px",
+                 model="SanaMS1.5_1600M_P1_D20", dtype="BF16", enable_cfg_passthrough=True)
+    gemma = g.add("GemmaLoader", (40, 290), size=(360, 130), model_name="Efficient-Large-Model/gemma-2-2b-it",
+                  device="cuda", dtype="BF16")
+    vae = g.add("ExtraVAELoader", (40, 470), size=(360, 130), vae_name="mit-han-lab/dc-ae-f32c32-sana-1.1-diffusers")
+    imgs = g.add("LoadImageSetFromFolderNode", (40, 650), size=(360, 90), folder="my_concept", resize_method="None")
+    train = g.add("DTITrain", (450, 80), size=(380, 900), name="my_concept_sana", initializer="dog",
+                  prompt="a photo of {} on a beach at sunset")
+    g.link(sana, 0, train, "model")
+    g.link(gemma, 0, train, "clip")
+    g.link(vae, 0, train, "vae")
+    g.link(imgs, 0, train, "images")
+    summary = g.add("PreviewAny", (880, 640), size=(420, 240), title="Training summary")
+    g.link(train, 3, summary, "source")
+    sampler_tail(g, sana, (train, 1), 880, 80, 1024, 1024, prefix="dti_sana", latent_type="EmptySanaLatentImage",
+                 negative=("SanaTextEncode", "GEMMA", {"text": "blurry, low quality"}), sampler=("euler", "simple", 4.5),
+                 steps=20, sources=((sana, 0), (gemma, 0), (vae, 0)))
+    note(g, (40, 790), "**DTI Train on SANA** through ComfyUI_ExtraModels: its checkpoint, Gemma and DC-AE loaders feed "
+                       "the same DTI Train node (the text-encoder socket takes GEMMA). Training prompts get SANA's "
+                       "'complex human instruction', as SanaTextEncode adds it when sampling. Use the concept through DTI "
+                       "Load Embedding.", size=(360, 260))
+    return g
+
+
 EXAMPLES = {
     "dti_train_sdxl": build_train_sdxl,
     "dti_load_and_sample": build_load_and_sample,
     "dti_slerp_strip": build_slerp_strip,
     "dti_inspect_ti_vs_dti": build_inspect,
+    "dti_train_lumina2": build_train_lumina2,
+    "dti_train_sana": build_train_sana,
 }
+FAMILY = {"dti_train_lumina2": "lumina2", "dti_train_sana": "sana"}  # the rest are SDXL
+NEEDS_EXTRAMODELS = {"dti_train_sana"}
 
 
 def write_examples(names: list[str] | None = None) -> list[Path]:
@@ -303,10 +362,19 @@ def write_examples(names: list[str] | None = None) -> list[Path]:
     for name, build in EXAMPLES.items():
         if names and name not in names:
             continue
+        if name in NEEDS_EXTRAMODELS and tiny_comfy_extramodels() is None:
+            print(f"skipped {name}: ComfyUI_ExtraModels is not installed beside ComfyUI")
+            continue
         path = WORKFLOWS / f"{name}.json"
         path.write_text(json.dumps(build().to_json(), indent=1, ensure_ascii=False) + "\n")
         written.append(path)
     return written
+
+
+def tiny_comfy_extramodels():
+    import tiny_comfy
+
+    return tiny_comfy.extramodels_path()
 
 
 def _load_comfy_with_pack() -> None:
@@ -321,6 +389,8 @@ def _load_comfy_with_pack() -> None:
 
     asyncio.run(nodes.init_extra_nodes(init_custom_nodes=False, init_api_nodes=False))
     asyncio.run(nodes.load_custom_node(str(tiny_comfy.PACK_ROOT)))
+    if tiny_comfy.extramodels_path() is not None:
+        tiny_comfy.load_extramodels(tiny_comfy.extramodels_path())
     comfy_harness.register_test_nodes()
 
 
