@@ -65,8 +65,30 @@ class ModelDenoiseSide:
             kw["attention_mask"] = cond.attention_mask[i : i + 1, :length]
         return self.base.extra_conds(cross_attn=cross, **kw)
 
+    def _whole_batch(self, batch: Batch, cond: TextCond, x_t: torch.Tensor) -> dict | None:
+        """One extra_conds call for the batch when every sample has the same size, crop and caption
+        length (the usual case: one resolution, centred crops); None when they differ."""
+        n = x_t.shape[0]
+        if cond.attention_mask is not None or (self.identical_prompt_batches and len(set(batch.prompts)) > 1):
+            return None
+        if len(set(batch.original_sizes)) > 1 or len(set(batch.crops)) > 1:
+            return None
+        (oh, ow), (top, left) = batch.original_sizes[0], batch.crops[0]
+        th, tw = batch.target_size
+        conds = self.base.extra_conds(
+            cross_attn=cond.cross_attn, pooled_output=cond.pooled, width=ow, height=oh, crop_w=left, crop_h=top,
+            target_width=tw, target_height=th, device=self.device, noise=x_t, seed=0, **self.extra_cond_kwargs,
+        )
+        out = {}
+        for k, c in conds.items():
+            out[k] = c.cond if isinstance(c, comfy.conds.CONDConstant) else c.process_cond(batch_size=n, area=None).cond.to(self.device)
+        return out
+
     def _model_groups(self, batch: Batch, cond: TextCond, x_t: torch.Tensor) -> list[tuple[list[int], dict]]:
         """Samples whose conditioning can share one forward, with their concatenated model kwargs."""
+        whole = self._whole_batch(batch, cond, x_t)
+        if whole is not None:
+            return [(list(range(x_t.shape[0])), whole)]
         per_sample = [self._sample_conds(batch, cond, x_t, i) for i in range(x_t.shape[0])]
         groups: dict[tuple, list[int]] = {}
         for i, conds in enumerate(per_sample):

@@ -69,3 +69,14 @@ def test_unsafe_name_is_rejected_before_anything_runs(pack, embeddings):
     assert not valid[0]
     assert "leave the embeddings folder" in str(valid[3])
     assert list(embeddings.iterdir()) == []
+
+
+def test_node_help_pages_match_the_schemas(pack):
+    """web/docs/<NodeId>.md are generated from define_schema(); regenerate with tests/support/node_docs.py."""
+    import node_docs
+
+    classes = node_docs.node_classes(pack)
+    assert {c.define_schema().node_id for c in classes} == {p.stem for p in node_docs.DOCS.glob("*.md")}
+    for cls in classes:
+        page = node_docs.DOCS / f"{cls.define_schema().node_id}.md"
+        assert page.read_text() == node_docs.render(cls), f"{page.name} is stale: run python tests/support/node_docs.py"

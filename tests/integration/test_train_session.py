@@ -273,3 +273,24 @@ def test_long_and_weighted_captions_train_through_the_per_prompt_path(pack, sdxl
     long_caption = "a photo of {} " + "standing in a field of flowers " * 12
     res = train(pack, sdxl, name="long", steps=2, captions=f"({{}}:1.2) on a table\n{long_caption}\n{{}}, sketch", save=False)
     assert all(math.isfinite(r.loss) for r in res.result.history)
+
+
+def test_batched_and_per_sample_model_conditioning_agree(pack, sdxl, embeddings):
+    """The one-call path for samples of equal size gives the prediction of per-sample conditioning."""
+    session, encoders, den, tr = (submodule(pack, n) for n in ("nodes.session", "nodes.text_encoders", "nodes.denoise", "dti.trainer"))
+    model, clip, _vae = sdxl
+    encoder = encoders.text_encoder(clip)
+    with torch.inference_mode(False), torch.enable_grad():
+        with session.training_models(model, encoder) as patcher, encoder.text_side("x") as text:
+            text.bind_rows({"clip_l": 1, "clip_g": 1})
+            rows = {"clip_l": encoder.table("clip_l")[[5]].float(), "clip_g": encoder.table("clip_g")[[5]].float()}
+            batch = tr.Batch(torch.randn(3, 4, 8, 8), ["a photo of {}", "the {}", "a {} on a table"], [(96, 80)] * 3,
+                             [(8, 0)] * 3, (64, 64))
+            cond = text.encode(batch.prompts, rows)
+            side = den.ModelDenoiseSide(patcher, patcher.load_device)
+            x_t, sigma = torch.randn(3, 4, 8, 8), torch.tensor([1.0, 2.0, 5.0])
+            assert side._whole_batch(batch, cond, x_t) is not None
+            fast = side.denoise(batch, cond, x_t, sigma)
+            side._whole_batch = lambda *args: None  # force the per-sample path
+            slow = side.denoise(batch, cond, x_t, sigma)
+    assert torch.allclose(fast, slow, atol=1e-5), float((fast - slow).abs().max())
