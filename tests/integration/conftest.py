@@ -19,10 +19,7 @@ import tiny_comfy  # noqa: E402
 from comfy_harness import register_test_nodes, tiny_objects  # noqa: E402
 
 COMFY_ROOT = tiny_comfy.find_comfyui()
-SKIP_REASON = (
-    "no ComfyUI found (set COMFYUI_PATH, install the pack in ComfyUI/custom_nodes, or unpack ComfyUI into "
-    "~/comfy/ComfyUI with its requirements) — integration tier skipped"
-)
+SKIP_REASON = tiny_comfy.SKIP_REASON
 
 
 def _import_or_skip():

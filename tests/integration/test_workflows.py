@@ -7,19 +7,20 @@ the stock folder image loader included. Sizes and step counts are turned down fo
 
 import json
 
-import numpy as np
 import pytest
 import safetensors.torch
 import tiny_comfy
 import torch
 from comfy_harness import run_prompt, submodule, tiny_objects
-from PIL import Image
 from workflow_tools import EXAMPLES, FAMILY, NEEDS_EXTRAMODELS, WORKFLOWS, set_widgets, swap_loaders, to_api
 
 
 @pytest.fixture
 def user_files(pack, embeddings, comfy_dirs):
     """What a user of the examples has: concept files, an old TI embedding, a folder of photos."""
+    import numpy as np
+    from PIL import Image
+
     concept_mod, formats, vocab = submodule(pack, "dti.concept"), submodule(pack, "dti.formats"), submodule(pack, "nodes.vocab")
     enc = submodule(pack, "nodes.text_encoders").text_encoder(tiny_objects("sdxl")[1])
     fam = enc.family

@@ -17,7 +17,6 @@ import time
 import urllib.request
 from pathlib import Path
 
-import aiohttp
 import tiny_comfy
 
 CHROMIUM_FLAGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-quic",
@@ -98,7 +97,7 @@ class Browser:
         self.executable, self.width, self.height = executable, width, height
         self.profile = tempfile.mkdtemp(prefix="dti-chromium-")
         self.proc: subprocess.Popen | None = None
-        self.session: aiohttp.ClientSession | None = None
+        self.session = None
         self.ws = None
         self._id = 0
         self.console: list[str] = []
@@ -113,6 +112,8 @@ class Browser:
                 break
             await asyncio.sleep(0.05)
         port = int(port_file.read_text().split()[0])
+        import aiohttp  # ComfyUI's dependency: present wherever these tests can run
+
         self.session = aiohttp.ClientSession()
         async with self.session.get(f"http://127.0.0.1:{port}/json/list") as r:
             targets = await r.json()

@@ -20,6 +20,11 @@ import torch
 
 PACK_ROOT = Path(__file__).resolve().parents[2]
 
+SKIP_REASON = (
+    "no ComfyUI found (set COMFYUI_PATH, install the pack in ComfyUI/custom_nodes, or unpack ComfyUI into "
+    "~/comfy/ComfyUI with its requirements) — integration tier skipped"
+)
+
 CLIP_L = {"hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 2, "num_hidden_layers": 3}
 CLIP_G = {"hidden_size": 48, "intermediate_size": 96, "num_attention_heads": 2, "num_hidden_layers": 3}
 

@@ -25,7 +25,7 @@ COMFY = tiny_comfy.find_comfyui()
 CHROMIUM = br.find_chromium()
 
 pytestmark = [
-    pytest.mark.skipif(COMFY is None, reason="no ComfyUI workspace found (COMFYUI_PATH or ~/comfy/ComfyUI)"),
+    pytest.mark.skipif(COMFY is None, reason=tiny_comfy.SKIP_REASON),
     pytest.mark.skipif(CHROMIUM is None, reason="no Chromium found (Debian: apt-get install chromium)"),
 ]
 
