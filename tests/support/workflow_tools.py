@@ -219,27 +219,33 @@ def sampler_tail(g: Graph, ckpt: int, positive: tuple[int, int], x: int, y: int,
     g.link(dec, 0, save, "images")
 
 
-def build_train_sdxl() -> Graph:
-    g = Graph("DTI: train an SDXL concept and sample with it")
-    ckpt = g.add("CheckpointLoaderSimple", (40, 80), size=(330, 100), ckpt_name="sd_xl_base_1.0.safetensors")
+def checkpoint_train_graph(title: str, ckpt_name: str, concept: str, note_text: str, **tail) -> Graph:
+    """A checkpoint loader and a photo folder feeding DTI Train, whose conditioning is sampled."""
+    g = Graph(title)
+    ckpt = g.add("CheckpointLoaderSimple", (40, 80), size=(330, 100), ckpt_name=ckpt_name)
     imgs = g.add("LoadImageSetFromFolderNode", (40, 240), size=(330, 90), folder="my_concept", resize_method="None")
-    train = g.add("DTITrain", (420, 80), size=(380, 900), name="my_concept", initializer="dog",
+    train = g.add("DTITrain", (420, 80), size=(380, 900), name=concept, initializer="dog",
                   prompt="a photo of {} on a beach at sunset")
-    g.link(ckpt, 0, train, "model")
-    g.link(ckpt, 1, train, "clip")
-    g.link(ckpt, 2, train, "vae")
+    for i, name in enumerate(("model", "clip", "vae")):
+        g.link(ckpt, i, train, name)
     g.link(imgs, 0, train, "images")
     plot = g.add("PreviewImage", (850, 640), size=(420, 320), title="Loss and norms")
     g.link(train, 2, plot, "images")
     summary = g.add("PreviewAny", (1300, 640), size=(420, 240), title="Training summary")
     g.link(train, 3, summary, "source")
-    sampler_tail(g, ckpt, (train, 1), 850, 80, 1024, 1024, prefix="dti_train")
-    note(g, (40, 380), "**DTI Train** learns *my_concept* from the images in `input/my_concept/` "
-                       "(3–10 photos of one subject).\n\nEach token vector keeps CLIP's in-distribution norm m* and only its "
-                       "direction is trained. Defaults follow the paper (768², batch 4, 400 steps, angle 0.04/step, κ 1e-4). "
-                       "The concept is saved to `models/embeddings/my_concept.safetensors`; afterwards any prompt can use "
-                       "`embedding:my_concept`.")
+    sampler_tail(g, ckpt, (train, 1), 850, 80, 1024, 1024, **tail)
+    note(g, (40, 380), note_text)
     return g
+
+
+def build_train_sdxl() -> Graph:
+    return checkpoint_train_graph(
+        "DTI: train an SDXL concept and sample with it", "sd_xl_base_1.0.safetensors", "my_concept",
+        "**DTI Train** learns *my_concept* from the images in `input/my_concept/` (3–10 photos of one subject).\n\n"
+        "Each token vector keeps CLIP's in-distribution norm m* and only its direction is trained. Defaults follow the "
+        "paper (768², batch 4, 400 steps, angle 0.04/step, κ 1e-4). The concept is saved to "
+        "`models/embeddings/my_concept.safetensors`; afterwards any prompt can use `embedding:my_concept`.",
+        prefix="dti_train")
 
 
 def build_load_and_sample() -> Graph:
@@ -298,24 +304,15 @@ def build_inspect() -> Graph:
 
 
 def build_train_lumina2() -> Graph:
-    g = Graph("DTI: train a Lumina 2 concept (Gemma-2-2B) and sample with it")
-    ckpt = g.add("CheckpointLoaderSimple", (40, 80), size=(330, 100), ckpt_name="lumina_2.safetensors")
-    imgs = g.add("LoadImageSetFromFolderNode", (40, 240), size=(330, 90), folder="my_concept", resize_method="None")
-    train = g.add("DTITrain", (420, 80), size=(380, 900), name="my_concept_lumina2", initializer="dog",
-                  prompt="a photo of {} on a beach at sunset")
-    for i, name in enumerate(("model", "clip", "vae")):
-        g.link(ckpt, i, train, name)
-    g.link(imgs, 0, train, "images")
-    summary = g.add("PreviewAny", (850, 640), size=(420, 240), title="Training summary")
-    g.link(train, 3, summary, "source")
-    sampler_tail(g, ckpt, (train, 1), 850, 80, 1024, 1024, prefix="dti_lumina2", latent_type="EmptySD3LatentImage",
-                 negative=("CLIPTextEncodeLumina2", "clip", {"system_prompt": "superior", "user_prompt": "blurry, low quality"}),
-                 sampler=("res_multistep", "simple", 4.0))
-    note(g, (40, 380), "**DTI Train on Lumina 2.** The concept lives in Gemma-2's raw token space at its m*. Family "
-                       "defaults follow the SANA reference (1024², batch 2 × 2 accumulation, 500 steps, κ 5e-5). Every prompt "
-                       "gets Lumina 2's 'superior' system prompt, in training and in the conditioning alike. ComfyUI's Gemma "
-                       "prompts ignore `embedding:`, so use the concept through DTI Load Embedding.")
-    return g
+    return checkpoint_train_graph(
+        "DTI: train a Lumina 2 concept (Gemma-2-2B) and sample with it", "lumina_2.safetensors", "my_concept_lumina2",
+        "**DTI Train on Lumina 2.** The concept lives in Gemma-2's raw token space at its m*. Family defaults follow the "
+        "SANA reference (1024², batch 2 × 2 accumulation, 500 steps, κ 5e-5). Every prompt gets Lumina 2's 'superior' "
+        "system prompt, in training and in the conditioning alike. ComfyUI's Gemma prompts ignore `embedding:`, so use "
+        "the concept through DTI Load Embedding.",
+        prefix="dti_lumina2", latent_type="EmptySD3LatentImage",
+        negative=("CLIPTextEncodeLumina2", "clip", {"system_prompt": "superior", "user_prompt": "blurry, low quality"}),
+        sampler=("res_multistep", "simple", 4.0))
 
 
 def build_train_sana() -> Graph:
