@@ -7,6 +7,7 @@ from typing_extensions import override
 
 from .inspector import DTINormInspector
 from .load import DTILoadEmbedding
+from .sana_options import DTISanaInstruction
 from .save import DTISaveConcept
 from .slerp import DTISlerpConcepts
 from .train import DTITrain
@@ -15,7 +16,7 @@ from .train import DTITrain
 class DTIExtension(ComfyExtension):
     @override
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
-        return [DTITrain, DTILoadEmbedding, DTISlerpConcepts, DTINormInspector, DTISaveConcept]
+        return [DTITrain, DTILoadEmbedding, DTISlerpConcepts, DTINormInspector, DTISaveConcept, DTISanaInstruction]
 
 
 async def comfy_entrypoint() -> DTIExtension:

@@ -241,12 +241,13 @@ class SanaTextSide:
 class SanaGemmaEncoder:
     """ComfyUI_ExtraModels' GEMMA dict as the nodes' text encoder (the SANA family)."""
 
-    def __init__(self, gemma: dict, instruction: bool = True) -> None:
+    def __init__(self, gemma: dict) -> None:
         self.gemma = gemma
         self.tokenizer = gemma["tokenizer"]
         self.model = gemma["text_encoder"]
         self.family = FAMILIES["sana"]
-        self.instruction = instruction_prefix() if instruction else ""
+        # DTI SANA Instruction can turn the instruction off (the reference trained without it)
+        self.instruction = instruction_prefix() if gemma.get("dti_instruction", True) else ""
 
     prompt_wrapper = PLACEHOLDER
 

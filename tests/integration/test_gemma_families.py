@@ -240,11 +240,13 @@ def test_sana_hidden_direction_recovery_rises(pack, embeddings):
 
 @needs_extramodels
 def test_sana_training_encode_with_cached_instruction_matches_the_full_encode(pack, embeddings):
-    _model, gemma, _vae = tiny_objects("sana")
+    model, gemma, _vae = tiny_objects("sana")
     encoder = submodule(pack, "nodes.text_encoders").text_encoder(gemma)
-    rows = {"gemma": encoder.table("gemma")[[5, 9]].float().clone().requires_grad_(True)}
     prompts = ["a photo of {} on a beach", "{}", "the dog next to {} in a very busy city street at dusk"]
-    with torch.inference_mode(False), torch.enable_grad(), encoder.text_side("x") as side:
+    session = submodule(pack, "nodes.session")
+    with (torch.inference_mode(False), torch.enable_grad(), session.training_models(model, encoder),
+          encoder.text_side("x") as side):
+        rows = {"gemma": encoder.table("gemma")[[5, 9]].float().clone().requires_grad_(True)}
         side.bind_rows({"gemma": 2})
         fast = side.encode(prompts, rows).cross_attn
         assert side._prefix, "the instruction cache was not used"
@@ -254,3 +256,23 @@ def test_sana_training_encode_with_cached_instruction_matches_the_full_encode(pa
         assert torch.equal(fast == 0, full == 0)  # the same rows are padding
         fast.sum().backward()
         assert float(rows["gemma"].grad.norm()) > 0
+
+
+@needs_extramodels
+def test_sana_instruction_can_be_turned_off_for_training_and_use(pack, embeddings):
+    _model, gemma, _vae = tiny_objects("sana")
+    prompt = {"g": {"class_type": "DTITestTinyGemma", "inputs": {"name": "tiny"}},
+              "i": {"class_type": "DTISanaInstruction", "inputs": {"gemma": ["g", 0], "instruction": "none"}}}
+    outputs, _, _ = run_prompt(prompt)
+    plain = outputs["i"][0][0]
+    assert plain["text_encoder"] is gemma["text_encoder"] and "dti_instruction" not in gemma  # the input is not mutated
+    encoders = submodule(pack, "nodes.text_encoders")
+    with_instruction, without = encoders.text_encoder(gemma), encoders.text_encoder(plain)
+    assert with_instruction.instruction and without.instruction == ""
+    rows = {"gemma": with_instruction.table("gemma")[[7]].float()}
+    with torch.inference_mode():
+        a = with_instruction.conditioning("x", "a photo of {}", rows)[0][0]
+        b = without.conditioning("x", "a photo of {}", rows)[0][0]
+    assert a.shape == b.shape == (1, 1, 300, 32) and not torch.allclose(a, b)
+    res = train(pack, "sana", name="no_instruction", steps=2, save=False)
+    assert res.result.history[-1].step == 2

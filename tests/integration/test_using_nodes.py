@@ -228,3 +228,24 @@ def test_save_concept_writes_a_stock_readable_file(pack, embeddings):
     bad["5"] = {"class_type": "DTISaveConcept", "inputs": {"concept": ["4", 1], "name": "../../etc/x", "if_exists": "increment"}}
     ok, text = validate(bad)
     assert not ok and "leave the embeddings folder" in text
+
+
+def test_corrupt_and_unsafe_files_fail_clearly_and_change_nothing(pack, embeddings):
+    import os
+    import pickle
+
+    (embeddings / "broken.safetensors").write_bytes(b"\x00not a safetensors file" * 4)
+
+    class Exploit:
+        def __reduce__(self):
+            return (os.system, (f"touch {embeddings / 'pwned'}",))
+
+    with open(embeddings / "evil.pt", "wb") as f:
+        pickle.dump({"string_to_param": {"*": Exploit()}}, f, protocol=2)
+    before = sorted((p.name, p.stat().st_mtime_ns) for p in embeddings.iterdir())
+    for name, match in (("broken.safetensors", "not a readable safetensors file"), ("evil.pt", "refused to load")):
+        _, _, messages = run_prompt({"1": loader(), "2": load_node(name)}, expect_success=False)
+        err = [d for e, d in messages if e == "execution_error"][0]
+        assert match in err["exception_message"] and name in err["exception_message"], err["exception_message"]
+    assert not (embeddings / "pwned").exists()
+    assert sorted((p.name, p.stat().st_mtime_ns) for p in embeddings.iterdir()) == before

@@ -44,6 +44,11 @@ NOTES = {
         "largest tokens. The positional probe shows how much of the position signal survives the first LayerNorm at the "
         "vector's norm, against vocabulary tokens (Gemma encoders use rotary positions, so it does not apply there).",
     ],
+    "DTISanaInstruction": [
+        "The DTI reference trains SANA without the instruction and samples with it; by default this pack uses it for "
+        "both, so that a concept meets at sampling time the context it was trained in. Whatever you choose, use the "
+        "same for DTI Train and for DTI Load Embedding / Slerp Concepts with that concept.",
+    ],
     "DTISaveConcept": [
         "Files go only into the embeddings folder; names with paths, `..` or spaces are refused before anything runs.",
         "ComfyUI caches CLIPTextEncode by prompt text: prompts already encoded with an older file of the same name keep "
