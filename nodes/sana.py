@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
+import re
 import sys
 from collections.abc import Iterator
 
@@ -40,10 +41,13 @@ def instruction_prefix() -> str:
 
 
 def _normalize_placeholder(prompt: str, name: str) -> str:
-    """`embedding:name` and `{}` both mark the concept (stock prompts cannot load Gemma embeddings)."""
-    for form in (f"embedding:{name}", f"embedding:{name}.safetensors"):
-        prompt = prompt.replace(form, PLACEHOLDER)
-    return prompt
+    """`embedding:name` and `{}` both mark the concept (stock prompts cannot load Gemma embeddings).
+
+    The marker matches in any case: SANA prompts are often lowercased (diffusers' pipeline does), though
+    SanaTextEncode, reproduced here, keeps the prompt as written.
+    """
+    marker = re.compile(r"embedding:" + re.escape(name) + r"(\.safetensors)?(?![\w.-])", re.IGNORECASE)
+    return marker.sub(PLACEHOLDER, prompt)
 
 
 class _Prepared:

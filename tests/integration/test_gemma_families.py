@@ -276,3 +276,14 @@ def test_sana_instruction_can_be_turned_off_for_training_and_use(pack, embedding
     assert a.shape == b.shape == (1, 1, 300, 32) and not torch.allclose(a, b)
     res = train(pack, "sana", name="no_instruction", steps=2, save=False)
     assert res.result.history[-1].step == 2
+
+
+@needs_extramodels
+def test_sana_prompts_accept_embedding_markers_in_any_case(pack, embeddings):
+    _model, gemma, _vae = tiny_objects("sana")
+    encoder = submodule(pack, "nodes.text_encoders").text_encoder(gemma)
+    rows = {"gemma": encoder.table("gemma")[[7]].float()}
+    with torch.inference_mode():
+        braces = encoder.conditioning("My_Cat", "a photo of {} on a beach", rows)[0][0]
+        marker = encoder.conditioning("My_Cat", "a photo of embedding:my_cat on a beach", rows)[0][0]
+    assert torch.equal(braces, marker)

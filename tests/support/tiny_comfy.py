@@ -410,7 +410,7 @@ def build_full_sana(device: str = "cuda", dtype: torch.dtype = torch.bfloat16) -
     gemma = build_hf_gemma()  # the small test tokenizer; its ids are valid in the full vocabulary
     config = Gemma2Config(vocab_size=256000, hidden_size=2304, intermediate_size=9216, num_hidden_layers=26,
                           num_attention_heads=8, num_key_value_heads=4, head_dim=256, pad_token_id=0, bos_token_id=2,
-                          eos_token_id=1, attn_implementation="sdpa")
+                          eos_token_id=1, attn_implementation="eager")  # Gemma-2 has no SDPA path in transformers 5
     with torch.device(device):
         text = Gemma2Model(config).to(dtype).eval()
     randomize_(text, seed=1)
