@@ -65,6 +65,11 @@ def expand_placeholder(prompt: str, name: str) -> str:
     return text
 
 
+def wrap_prompt(wrapper: str, prompt: str) -> str:
+    """The prompt inside a family's wrapper (e.g. Lumina 2's system prompt), "{}" marking where."""
+    return prompt if wrapper == PLACEHOLDER else wrapper.replace(PLACEHOLDER, prompt, 1)
+
+
 def _concept_lookup(original, key: str, name: str, n_rows: int):
     names = (name, f"{name}.safetensors", f"{name}.pt")
 
@@ -215,7 +220,7 @@ class ClipTextSide:
         if self._tokenizer is None:
             raise RuntimeError("bind_rows() must be called before encoding")
         if prompt not in self._cache:
-            wrapped = self.prompt_wrapper.replace(PLACEHOLDER, prompt, 1) if self.prompt_wrapper != PLACEHOLDER else prompt
+            wrapped = wrap_prompt(self.prompt_wrapper, prompt)
             self._cache[prompt] = prepare_prompt(self.clip, self._tokenizer, self.family, wrapped, self.name)
         return self._cache[prompt]
 
@@ -304,7 +309,6 @@ def encode_conditioning(clip, family: Family, name: str, prompt: str, vectors: d
     """
     n_rows = {k: int(v.shape[0]) for k, v in vectors.items()}
     tok = concept_tokenizer(clip, family, name, n_rows)
-    wrapped = prompt_wrapper.replace(PLACEHOLDER, prompt, 1) if prompt_wrapper != PLACEHOLDER else prompt
-    prepared = prepare_prompt(clip, tok, family, wrapped, name)
+    prepared = prepare_prompt(clip, tok, family, wrap_prompt(prompt_wrapper, prompt), name)
     rows = {k: v.detach().to(torch.float32).cpu() for k, v in vectors.items()}
     return clip.encode_from_tokens_scheduled(substitute(prepared.tokens, rows))

@@ -47,40 +47,36 @@ class ModelDenoiseSide:
         u = u.clamp(1e-4, 1 - 1e-4)
         return torch.tensor([float(self.sampling.percent_to_sigma(float(x))) for x in u], dtype=torch.float32)
 
-    def _sample_conds(self, batch: Batch, cond: TextCond, x_t: torch.Tensor, i: int) -> dict:
-        """extra_conds for one sample, with its own size and crop, as sampling would build them."""
-        (oh, ow), (top, left) = batch.original_sizes[i], batch.crops[i]
+    def _extra_conds(self, batch: Batch, cond: TextCond, x_t: torch.Tensor, rows: slice) -> dict:
+        """extra_conds for the samples in ``rows`` (which share the first one's size and crop), as
+        sampling would build them."""
+        first = rows.start or 0
+        (oh, ow), (top, left) = batch.original_sizes[first], batch.crops[first]
         th, tw = batch.target_size
-        cross = cond.cross_attn[i : i + 1]
+        cross = cond.cross_attn[rows]
         kw = dict(
-            pooled_output=None if cond.pooled is None else cond.pooled[i : i + 1],
+            pooled_output=None if cond.pooled is None else cond.pooled[rows],
             width=ow, height=oh, crop_w=left, crop_h=top, target_width=tw, target_height=th,
-            device=self.device, noise=x_t[i : i + 1], seed=0, **self.extra_cond_kwargs,
+            device=self.device, noise=x_t[rows], seed=0, **self.extra_cond_kwargs,
         )
         if cond.attention_mask is not None:
-            # Prompts of different lengths were padded at the end to batch the encoder; give each
+            # Prompts of different lengths were padded at the end to batch the encoder; give a
             # sample back its own length, exactly what encoding it alone produces.
-            length = max(1, int(cond.attention_mask[i].sum()))
+            length = max(1, int(cond.attention_mask[rows].sum(-1).max()))
             cross = cross[:, :length]
-            kw["attention_mask"] = cond.attention_mask[i : i + 1, :length]
+            kw["attention_mask"] = cond.attention_mask[rows, :length]
         return self.base.extra_conds(cross_attn=cross, **kw)
 
     def _whole_batch(self, batch: Batch, cond: TextCond, x_t: torch.Tensor) -> dict | None:
         """One extra_conds call for the batch when every sample has the same size, crop and caption
         length (the usual case: one resolution, centred crops); None when they differ."""
-        n = x_t.shape[0]
         if cond.attention_mask is not None or (self.identical_prompt_batches and len(set(batch.prompts)) > 1):
             return None
         if len(set(batch.original_sizes)) > 1 or len(set(batch.crops)) > 1:
             return None
-        (oh, ow), (top, left) = batch.original_sizes[0], batch.crops[0]
-        th, tw = batch.target_size
-        conds = self.base.extra_conds(
-            cross_attn=cond.cross_attn, pooled_output=cond.pooled, width=ow, height=oh, crop_w=left, crop_h=top,
-            target_width=tw, target_height=th, device=self.device, noise=x_t, seed=0, **self.extra_cond_kwargs,
-        )
+        n = x_t.shape[0]
         out = {}
-        for k, c in conds.items():
+        for k, c in self._extra_conds(batch, cond, x_t, slice(None)).items():
             out[k] = c.cond if isinstance(c, comfy.conds.CONDConstant) else c.process_cond(batch_size=n, area=None).cond.to(self.device)
         return out
 
@@ -89,7 +85,7 @@ class ModelDenoiseSide:
         whole = self._whole_batch(batch, cond, x_t)
         if whole is not None:
             return [(list(range(x_t.shape[0])), whole)]
-        per_sample = [self._sample_conds(batch, cond, x_t, i) for i in range(x_t.shape[0])]
+        per_sample = [self._extra_conds(batch, cond, x_t, slice(i, i + 1)) for i in range(x_t.shape[0])]
         groups: dict[tuple, list[int]] = {}
         for i, conds in enumerate(per_sample):
             signature = tuple(
