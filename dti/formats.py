@@ -210,22 +210,23 @@ def save_concept(
     path = save_path_for(folder, name if name is not None else concept.name, on_exists)
     tensors = concept_tensors(concept)
     metadata = concept_metadata(concept)
-    fd, tmp_name = tempfile.mkstemp(prefix=".dti-", suffix=".tmp", dir=str(path.parent))
+    # The ".dti-" prefix keeps the temp file out of embedding listings while it exists.
+    fd, tmp_name = tempfile.mkstemp(prefix=".dti-", suffix=".safetensors", dir=str(path.parent))
     os.close(fd)
     tmp = Path(tmp_name)
     try:
         safetensors.torch.save_file(tensors, str(tmp), metadata=metadata)
-        back = safetensors.torch.load_file(str(tmp))
-        for key, t in tensors.items():
-            if key not in back or not torch.equal(back[key], t):
-                raise EmbeddingFileError(f"read-back of {path.name} failed for tensor {key!r}; nothing was saved")
+        # Read back through the loader itself, before the rename replaces anything.
+        back = load_embedding(tmp).vectors
+        if set(back) != set(concept.encoders):
+            raise EmbeddingFileError(f"read-back of {path.name} gave encoders {sorted(back)}; nothing was saved")
+        for enc, rows in back.items():
+            if not torch.equal(rows, concept.encoders[enc].vectors()):
+                raise EmbeddingFileError(f"read-back of {path.name} failed for the {enc} rows; nothing was saved")
         os.replace(tmp, path)
     finally:
         if tmp.exists():
             tmp.unlink()
-    loaded = load_embedding(path)
-    if set(loaded.vectors) != set(concept.encoders):
-        raise EmbeddingFileError(f"{path} did not read back with the encoders that were written")
     log.info("ComfyUI-DTI: saved %s to %s", concept.describe(), path)
     return path
 

@@ -152,6 +152,13 @@ def substitute(tokens: dict[str, list], rows: dict[str, torch.Tensor]) -> dict[s
     return out
 
 
+def vocabulary_rows(table: torch.Tensor, ids: list[int]) -> torch.Tensor:
+    """Rows of a token table for ids, fp32, detached; (0, width) for no ids."""
+    if not ids:
+        return table[:0].detach().float()
+    return table[torch.tensor(ids, dtype=torch.long, device=table.device)].detach().float()
+
+
 def weights_hash(table: torch.Tensor) -> str:
     """A short fingerprint of a vocabulary table (first 512 rows, rounded), to tell fine-tunes apart."""
     rows = table[:512].detach().to(torch.float32).cpu()
@@ -189,9 +196,7 @@ class ClipTextSide:
         return list(tok.tokenizer(words)["input_ids"][tok.tokens_start:end])
 
     def initializer_rows(self, key: str, words: str) -> torch.Tensor:
-        ids = self._initializer_ids(key, words)
-        table = self.vocabulary(key)
-        return table[torch.tensor(ids, dtype=torch.long, device=table.device)].detach().float() if ids else table[:0].float()
+        return vocabulary_rows(self.vocabulary(key), self._initializer_ids(key, words))
 
     def initializer_hidden(self, key: str, words: str) -> torch.Tensor:
         tok = self.sub_tokenizers[key]

@@ -16,7 +16,7 @@ from .vocab import fit, load_for, stats
 NO_FILE = "(none)"
 
 
-def _positional(encoder, key: str, rows: torch.Tensor, m_star: float) -> str:
+def _positional(encoder, key: str, rows: torch.Tensor, m_star: float, norms: torch.Tensor) -> str:
     probe = encoder.position_probe(key)
     if probe is None:
         return ("positional attenuation: not applicable — this encoder uses rotary positions inside attention, so there "
@@ -25,7 +25,6 @@ def _positional(encoder, key: str, rows: torch.Tensor, m_star: float) -> str:
     positions = position_table.detach().float().cpu()
     vocab = encoder.table(key).detach()
     g = torch.Generator().manual_seed(0)
-    norms = torch.linalg.vector_norm(vocab.float(), dim=-1)
     ids = torch.nonzero(norms > 0).flatten()
     sample = vocab[ids[torch.randperm(ids.numel(), generator=g)[:384]]].float().cpu()
     w = None if ln.weight is None else ln.weight.detach().float().cpu()
@@ -56,7 +55,7 @@ def inspect(concept: Concept, encoder, k: int, title: str) -> tuple[str, list]:
             euc_tok = encoder.decode(key, euc_i[0].tolist())
             lines.append("    nearest by cosine:    " + ", ".join(f"{t} ({float(x):.3f})" for t, x in zip(cos_tok, cos_s[0])))
             lines.append("    nearest by Euclidean: " + ", ".join(f"{t} ({float(x):.3f})" for t, x in zip(euc_tok, euc_s[0])))
-        lines.append("  " + _positional(encoder, key, vectors, m_star))
+        lines.append("  " + _positional(encoder, key, vectors, m_star, norms))
         marks = [("m*", m_star)] + [(f"row {i}", float(r.norm())) for i, r in enumerate(vectors)]
         images.append(norm_histogram(s.sorted_norms, marks, f"{title} - {key}: norms vs vocabulary"))
     lines.append("Cosine neighbours reflect meaning; Euclidean neighbours of an inflated vector are just the largest "

@@ -21,7 +21,7 @@ from collections.abc import Iterator
 import torch
 
 from ..dti.trainer import TrainingError
-from .clip_text import PLACEHOLDER, MissingPlaceholderError, TextCond
+from .clip_text import PLACEHOLDER, MissingPlaceholderError, TextCond, vocabulary_rows
 from .families import FAMILIES, UnsupportedModelError
 
 TEXT_LENGTH = 300  # SANA's model_max_length: BOS + 299 selected positions
@@ -104,9 +104,7 @@ class SanaTextSide:
         return list(self.tokenizer(words, add_special_tokens=False)["input_ids"])
 
     def initializer_rows(self, key: str, words: str) -> torch.Tensor:
-        ids = self._word_ids(words)
-        table = self.vocabulary(key)
-        return table[torch.tensor(ids, dtype=torch.long, device=table.device)].detach().float() if ids else table[:0].float()
+        return vocabulary_rows(self.vocabulary(key), self._word_ids(words))
 
     def initializer_hidden(self, key: str, words: str) -> torch.Tensor:
         ids = self._word_ids(words)

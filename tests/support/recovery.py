@@ -4,14 +4,10 @@ trained with DTI from the initializer to match the teacher's prediction (shared 
 from __future__ import annotations
 
 import dataclasses
-import importlib
 
 import torch
+from comfy_harness import submodule
 from tiny_comfy import random_images
-
-
-def submodule(pack, name: str):
-    return importlib.import_module(f"{pack.__name__}.{name}")
 
 
 def make_teacher(pack, patcher, device, text, hidden_rows, identical_prompt_batches=False):
