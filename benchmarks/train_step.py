@@ -58,7 +58,7 @@ class BareStep:
         if family.name == "sana":
             self._init_sana(text, prepared)
             return
-        clip_text = mod("nodes.clip_text")
+        clip_text = mod("adapters.clip_text")
         for sub in family.encoders:
             enc = text.subs[sub.key]
             key = clip_text.token_key(text.clip, sub)
@@ -134,8 +134,8 @@ class BareStep:
 
 
 def measure(device, mod, model, clip, family_name, resolution, batch_size, steps, warmup, checkpointing, precision):
-    session, tr, denoise = mod("nodes.session"), mod("dti.trainer"), mod("nodes.denoise")
-    encoder = mod("nodes.text_encoders").text_encoder(clip)
+    session, tr, denoise = mod("adapters.session"), mod("dti.trainer"), mod("adapters.denoise")
+    encoder = mod("adapters.text_encoder").text_encoder(clip)
     family = encoder.family
     down = 8
     g = torch.Generator().manual_seed(0)
@@ -149,9 +149,9 @@ def measure(device, mod, model, clip, family_name, resolution, batch_size, steps
         with session.training_models(model, encoder, precision, checkpointing) as patcher, encoder.text_side("bench") as text:
             den = denoise.ModelDenoiseSide(patcher, patcher.load_device, identical_prompt_batches=family.identical_prompt_batches)
             sampler = tr.BatchSampler(examples, batch_size, (h, h), down, templates, seed=0)
-            trainer = tr.Trainer(text, den, sampler, tr.TrainConfig(steps=10**6, lr=0.04, kappa=1e-4),
-                                 name="bench", initializer="dog", device=encoder.device)
-            text.bind_rows({k: v.shape[0] for k, v in trainer.params.items()})
+            settings = mod("dti.settings").TrainSettings(name="bench", initializer="dog", steps=10**6, lr=0.04, kappa=1e-4,
+                                                         batch_size=batch_size, grad_accum=1, resolution=resolution)
+            trainer = tr.Trainer(text, den, sampler, settings, device=encoder.device)
             bare = BareStep(mod, text, patcher, family, sampler.next(), None)
             leaf = {k: v.detach().clone().requires_grad_(True) for k, v in trainer.rows().items()}
             for _ in range(warmup):

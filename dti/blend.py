@@ -9,12 +9,9 @@ import torch
 
 from . import sphere
 from .concept import Concept, EncoderConcept
+from .errors import BlendError
 
 MODES = ("slerp", "lerp")
-
-
-class BlendError(ValueError):
-    pass
 
 
 def check_compatible(concepts: Sequence[Concept]) -> list[str]:

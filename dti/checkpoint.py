@@ -8,19 +8,15 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
-import safetensors
-import safetensors.torch
 import torch
 
+from . import safetensors_io
+from .errors import CheckpointError
+
 CHECKPOINT_FORMAT = "comfyui-dti-checkpoint"
-
-
-class CheckpointError(ValueError):
-    pass
 
 
 def flatten(obj: Any, tensors: dict[str, torch.Tensor], prefix: str = "t") -> Any:
@@ -62,27 +58,14 @@ def save_checkpoint(state: dict[str, Any], path: str | os.PathLike[str]) -> Path
     tensors: dict[str, torch.Tensor] = {}
     skeleton = flatten(state, tensors)
     metadata = {"format": CHECKPOINT_FORMAT, "state": json.dumps(skeleton)}
-    fd, tmp = tempfile.mkstemp(prefix=".dti-", suffix=".tmp", dir=str(path.parent))
-    os.close(fd)
-    try:
-        safetensors.torch.save_file(tensors, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    return safetensors_io.write_atomic(tensors, path, metadata)
 
 
 def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
-    try:
-        with safetensors.safe_open(str(path), framework="pt", device="cpu") as f:
-            metadata = dict(f.metadata() or {})
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as e:  # safetensors' own error types for corrupt headers
-        raise CheckpointError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})") from e
+    tensors, metadata = safetensors_io.read(path, CheckpointError)
     if metadata.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(
             f"{path}: not a DTI training checkpoint (format {metadata.get('format')!r}); "

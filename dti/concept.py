@@ -12,23 +12,10 @@ from typing import Any
 import torch
 
 from . import sphere
+from .families import ENCODER_KEYS, describe_width
 
-# Encoder keys used throughout the pack (and as safetensors keys, see formats.py).
-ENCODER_KEYS = ("clip_l", "clip_g", "gemma")
-
-# What a width usually belongs to, for error messages about mismatched files.
-WIDTH_HINTS: dict[int, str] = {
-    768: "CLIP-L (SD1.x, or SDXL's first encoder)",
-    1024: "OpenCLIP-H (SD2.x)",
-    1280: "CLIP-G (SDXL's second encoder)",
-    2304: "Gemma-2-2B (Lumina 2 / SANA)",
-    2560: "Gemma-3-4B",
-    4096: "T5-XXL",
-}
-
-
-def describe_width(width: int) -> str:
-    return WIDTH_HINTS.get(int(width), f"an encoder of width {width}")
+# Re-exported for callers that only need the concept record.
+__all__ = ["ENCODER_KEYS", "Concept", "EncoderConcept", "describe_width"]
 
 
 @dataclass

@@ -13,26 +13,22 @@ import logging
 import os
 import pickle
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import safetensors
-import safetensors.torch
 import torch
 
-from .concept import Concept, EncoderConcept, describe_width
+from . import safetensors_io
+from .concept import Concept, EncoderConcept
+from .errors import EmbeddingFileError
+from .families import FAMILIES, describe_width, families_with_keys, tensor_key_to_encoder, width_to_encoder
 
 log = logging.getLogger("ComfyUI-DTI")
 
 FORMAT_NAME = "comfyui-dti"
 FORMAT_VERSION = 1
 EXTENSIONS = (".safetensors", ".pt", ".bin")
-
-
-class EmbeddingFileError(ValueError):
-    """A file that cannot be read or written as an embedding; the message names file and problem."""
 
 
 class UnknownWidthError(EmbeddingFileError):
@@ -47,42 +43,21 @@ class UnknownWidthError(EmbeddingFileError):
         )
 
 
-@dataclass(frozen=True)
-class SaveLayout:
-    """How a set of encoders is written: encoder key → tensor key in the file."""
-
-    name: str
-    keys: dict[str, str]
-
-
-# One row per family the pack writes. A stock loader looks up its own embedding key (clip_l,
-# clip_g) and otherwise takes the first tensor, which is why SD1.x files carry a single tensor.
-SAVE_LAYOUTS: tuple[SaveLayout, ...] = (
-    SaveLayout("sd1", {"clip_l": "emb_params"}),
-    SaveLayout("sdxl", {"clip_l": "clip_l", "clip_g": "clip_g"}),
-    SaveLayout("gemma", {"gemma": "gemma"}),
-)
-
-# Tensor keys that name their encoder outright, as other tools write them.
-NAMED_KEYS: dict[str, str] = {
-    "clip_l": "clip_l",
-    "clip_g": "clip_g",
-    "gemma": "gemma",  # OneTrainer
-    "gemma2_2b": "gemma",  # ComfyUI's name for the Lumina 2 encoder
-}
-# Keys whose encoder follows from the tensor's width.
+# Tensor keys whose encoder follows from the tensor's width (they do not name it).
 WIDTH_KEYS = ("emb_params", "emp_params")  # kohya / A1111-safetensors, OneTrainer
-WIDTH_TO_ENCODER: dict[int, str] = {768: "clip_l", 1280: "clip_g", 2304: "gemma"}
 
 
-def layout_for(encoder_keys: set[str] | frozenset[str]) -> SaveLayout:
-    for layout in SAVE_LAYOUTS:
-        if set(layout.keys) == set(encoder_keys):
-            return layout
-    raise EmbeddingFileError(
-        f"no file layout for the encoder set {sorted(encoder_keys)}; "
-        f"known: {', '.join('+'.join(sorted(lay.keys)) for lay in SAVE_LAYOUTS)}"
-    )
+def file_layout(encoder_keys: set[str] | frozenset[str]) -> dict[str, str]:
+    """Encoder key → tensor key for a concept over these encoders, as its family's files are written.
+
+    A stock loader looks up its own embedding key (clip_l, clip_g) and otherwise takes the first
+    tensor, which is why SD1.x files carry a single tensor.
+    """
+    matches = families_with_keys(encoder_keys)
+    if not matches:
+        known = sorted({"+".join(sorted(f.encoder_keys)) for f in FAMILIES.values()})
+        raise EmbeddingFileError(f"no file layout for the encoder set {sorted(encoder_keys)}; known: {', '.join(known)}")
+    return matches[0].file_layout
 
 
 # --------------------------------------------------------------------------------------------
@@ -197,8 +172,8 @@ def concept_metadata(concept: Concept) -> dict[str, str]:
 
 
 def concept_tensors(concept: Concept) -> dict[str, torch.Tensor]:
-    layout = layout_for(set(concept.encoders))
-    return {layout.keys[k]: concept.encoders[k].vectors().contiguous() for k in layout.keys}
+    layout = file_layout(set(concept.encoders))
+    return {layout[k]: concept.encoders[k].vectors().contiguous() for k in layout}
 
 
 def save_concept(
@@ -208,25 +183,17 @@ def save_concept(
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     path = save_path_for(folder, name if name is not None else concept.name, on_exists)
-    tensors = concept_tensors(concept)
-    metadata = concept_metadata(concept)
-    # The ".dti-" prefix keeps the temp file out of embedding listings while it exists.
-    fd, tmp_name = tempfile.mkstemp(prefix=".dti-", suffix=".safetensors", dir=str(path.parent))
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        safetensors.torch.save_file(tensors, str(tmp), metadata=metadata)
-        # Read back through the loader itself, before the rename replaces anything.
+
+    def read_back(tmp: Path) -> None:
+        # Through the loader itself, before the rename replaces anything.
         back = load_embedding(tmp).vectors
         if set(back) != set(concept.encoders):
             raise EmbeddingFileError(f"read-back of {path.name} gave encoders {sorted(back)}; nothing was saved")
         for enc, rows in back.items():
             if not torch.equal(rows, concept.encoders[enc].vectors()):
                 raise EmbeddingFileError(f"read-back of {path.name} failed for the {enc} rows; nothing was saved")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+
+    safetensors_io.write_atomic(concept_tensors(concept), path, concept_metadata(concept), verify=read_back)
     log.info("ComfyUI-DTI: saved %s to %s", concept.describe(), path)
     return path
 
@@ -288,16 +255,6 @@ def _by_width(t: torch.Tensor, path: Path, key: str, widths: dict[int, str]) -> 
     return widths[width]
 
 
-def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    try:
-        with safetensors.safe_open(str(path), framework="pt", device="cpu") as f:
-            metadata = dict(f.metadata() or {})
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as e:  # safetensors raises its own error types for truncated/corrupt headers
-        raise EmbeddingFileError(f"{path}: not a readable safetensors file ({type(e).__name__}: {e})") from e
-    return tensors, metadata
-
-
 def _read_pickle(path: Path) -> Any:
     """torch.load with weights_only=True: tensors and plain containers only, never arbitrary code."""
     try:
@@ -336,11 +293,12 @@ def _classify(raw: dict[str, Any], path: Path, widths: dict[int, str]) -> tuple[
     tensors = {k: v for k, v in raw.items() if isinstance(v, torch.Tensor)}
     if not tensors:
         raise EmbeddingFileError(f"{path}: no tensors found (keys: {sorted(map(str, raw))[:8]})")
-    named = {k: v for k, v in tensors.items() if k in NAMED_KEYS}
+    named_keys = tensor_key_to_encoder()
+    named = {k: v for k, v in tensors.items() if k in named_keys}
     if named:
         out: dict[str, torch.Tensor] = {}
         for k, v in named.items():
-            enc = NAMED_KEYS[k]
+            enc = named_keys[k]
             if enc in out:
                 raise EmbeddingFileError(f"{path}: two tensors claim the {enc} encoder ({sorted(named)})")
             out[enc] = _as_rows(v, path, k)
@@ -366,13 +324,13 @@ def load_embedding(path: str | os.PathLike[str], widths: dict[int, str] | None =
     A1111, diffusers): pass the connected model's encoders; the default knows CLIP-L, CLIP-G, Gemma-2.
     """
     path = Path(path)
-    widths = WIDTH_TO_ENCODER if widths is None else widths
+    widths = width_to_encoder() if widths is None else widths
     if not path.is_file():
         raise EmbeddingFileError(f"{path}: no such file")
     suffix = path.suffix.lower()
     metadata: dict[str, str] = {}
     if suffix == ".safetensors":
-        raw, metadata = _read_safetensors(path)
+        raw, metadata = safetensors_io.read(path, EmbeddingFileError)
     elif suffix in (".pt", ".bin", ".ckpt", ".pth"):
         raw = _read_pickle(path)
         if not isinstance(raw, dict):
@@ -386,7 +344,7 @@ def load_embedding(path: str | os.PathLike[str], widths: dict[int, str] | None =
     layout, vectors = _classify(raw, path, widths)
     sibling = _pair_sibling(path) if layout == "diffusers" else None
     if sibling is not None:
-        other_raw = _read_safetensors(sibling)[0] if sibling.suffix == ".safetensors" else _read_pickle(sibling)
+        other_raw = safetensors_io.read(sibling, EmbeddingFileError)[0] if sibling.suffix == ".safetensors" else _read_pickle(sibling)
         other_layout, other_vectors = _classify(other_raw, sibling, widths)
         clash = set(vectors) & set(other_vectors)
         if clash:
@@ -410,10 +368,10 @@ def _load_ours(path: Path, raw: dict[str, torch.Tensor], metadata: dict[str, str
     encoders = list((facts.get("encoders") or {}).keys())
     if not encoders:
         raise EmbeddingFileError(f"{path}: metadata lists no encoders")
-    layout = layout_for(set(encoders))
+    layout = file_layout(set(encoders))
     vectors = {}
     for enc in encoders:
-        key = layout.keys[enc]
+        key = layout[enc]
         if key not in raw:
             raise EmbeddingFileError(f"{path}: metadata names encoder {enc!r} but tensor {key!r} is missing")
         vectors[enc] = _as_rows(raw[key], path, key)
@@ -438,7 +396,7 @@ def list_embedding_files(folders: list[str]) -> list[str]:
             continue
         for dirpath, _dirs, files in os.walk(root, followlinks=True):
             for f in files:
-                if f.lower().endswith(EXTENSIONS) and not f.startswith(".dti-"):
+                if f.lower().endswith(EXTENSIONS) and not f.startswith(safetensors_io.TEMP_PREFIX):
                     rel = Path(dirpath, f).relative_to(root).as_posix()
                     found.add(rel)
     return sorted(found, key=str.lower)

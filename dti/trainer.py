@@ -8,52 +8,21 @@ templates, crops and flips, accumulation, the optimizer, NaN handling, checkpoin
 
 from __future__ import annotations
 
-import math
 import random
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import torch
 
 from . import magnitude, sphere
 from .concept import Concept, EncoderConcept
-from .optim import METHODS, build_optimizer
-
-# The 27 "small ImageNet" object templates and the style templates used by TI and DTI.
-OBJECT_TEMPLATES: tuple[str, ...] = (
-    "a photo of a {}", "a rendering of a {}", "a cropped photo of the {}", "the photo of a {}",
-    "a photo of a clean {}", "a photo of a dirty {}", "a dark photo of the {}", "a photo of my {}",
-    "a photo of the cool {}", "a close-up photo of a {}", "a bright photo of the {}",
-    "a cropped photo of a {}", "a photo of the {}", "a good photo of the {}", "a photo of one {}",
-    "a close-up photo of the {}", "a rendition of the {}", "a photo of the clean {}",
-    "a rendition of a {}", "a photo of a nice {}", "a good photo of a {}", "a photo of the nice {}",
-    "a photo of the small {}", "a photo of the weird {}", "a photo of the large {}",
-    "a photo of a cool {}", "a photo of a small {}",
-)
-STYLE_TEMPLATES: tuple[str, ...] = (
-    "a painting in the style of {}", "a rendering in the style of {}",
-    "a cropped painting in the style of {}", "the painting in the style of {}",
-    "a clean painting in the style of {}", "a dirty painting in the style of {}",
-    "a dark painting in the style of {}", "a picture in the style of {}",
-    "a cool painting in the style of {}", "a close-up painting in the style of {}",
-    "a bright painting in the style of {}", "a cropped painting in the style of {}",
-    "a good painting in the style of {}", "a close-up painting in the style of {}",
-    "a rendition in the style of {}", "a nice painting in the style of {}",
-    "a small painting in the style of {}", "a weird painting in the style of {}",
-    "a large painting in the style of {}",
-)
-TEMPLATES = {"object": OBJECT_TEMPLATES, "style": STYLE_TEMPLATES}
-
-
-class TrainingError(RuntimeError):
-    """Training cannot go on; the message says why and what to change."""
-
-
-class TrainingDiverged(TrainingError):
-    pass
-
+from .errors import TrainingDiverged, TrainingError
+from .families import Family
+from .optim import build_optimizer
+from .settings import TrainSettings
+from .templates import OBJECT_TEMPLATES, STYLE_TEMPLATES, TEMPLATES  # noqa: F401  (re-exported)
 
 # --------------------------------------------------------------------------------------------
 # Protocols the host adapters implement
@@ -61,8 +30,16 @@ class TrainingDiverged(TrainingError):
 
 
 class TextSide(Protocol):
+    """Prompts + concept rows → conditioning with gradient, for one concept name."""
+
     def encoder_keys(self) -> list[str]:
         """Encoders that receive a learned vector, e.g. ["clip_l", "clip_g"]."""
+
+    def bind_rows(self, n_rows: dict[str, int]) -> None:
+        """Fix how many rows per encoder the concept has (prompts are laid out for that many)."""
+
+    def prepare(self, prompt: str) -> Any:
+        """Tokenize a prompt once (cached); raises MissingPlaceholderError if it never mentions the concept."""
 
     def vocabulary(self, key: str) -> torch.Tensor:
         """The raw token-embedding table (vocab, width) of that encoder, in the space rows are spliced into."""
@@ -75,6 +52,9 @@ class TextSide(Protocol):
 
     def encode(self, prompts: list[str], rows: dict[str, torch.Tensor]) -> Any:
         """Conditioning for a batch of prompts; each prompt holds the placeholder "{}" where rows go."""
+
+    def close(self) -> None:
+        """Undo whatever the side changed on the encoder (layer options, hooks)."""
 
 
 class DenoiseSide(Protocol):
@@ -152,6 +132,13 @@ class BatchSampler:
         self.rng.setstate(_to_tuple(ast.literal_eval(state["rng"])))
         self._order = list(state["order"])
 
+    def prompts(self) -> list[str]:
+        """Every distinct prompt a batch can hold (captions where given, templates otherwise)."""
+        out = [ex.caption for ex in self.examples if ex.caption is not None]
+        if len(out) < len(self.examples):
+            out.extend(self.templates)
+        return list(dict.fromkeys(out))
+
     def _next_index(self) -> int:
         if not self._order:
             self._order = list(range(len(self.examples)))
@@ -193,36 +180,9 @@ def _to_tuple(x: Any) -> Any:
 # --------------------------------------------------------------------------------------------
 
 
-@dataclass
-class TrainConfig:
-    method: str = "dti"
-    steps: int = 400
-    lr: float = 0.04  # dti: effective angle per step (radians); AdamW methods: the AdamW lr
-    kappa: float = 1e-4
-    beta: float = 0.0
-    magnitude: str | float = "mean"
-    grad_accum: int = 1
-    seed: int = 42
-    n_vectors: int | None = None  # None: one per initializer sub-token
-    crossinit_lambda: float = 1e-5
-    nan_patience: int = 5
-    checkpoint_every: int = 0
-
-    def validate(self) -> None:
-        if self.method not in METHODS:
-            raise TrainingError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
-        if self.steps < 1:
-            raise TrainingError(f"steps must be ≥ 1, got {self.steps}")
-        if not (self.lr > 0) or not math.isfinite(self.lr):
-            raise TrainingError(f"learning rate must be a positive number, got {self.lr}")
-        if self.method == "dti" and self.lr > math.pi / 2:
-            raise TrainingError(f"lr {self.lr} is an angle per step in radians; values above π/2 make no sense")
-        if self.kappa < 0 or not math.isfinite(self.kappa):
-            raise TrainingError(f"kappa must be ≥ 0, got {self.kappa}")
-        if self.grad_accum < 1:
-            raise TrainingError(f"gradient accumulation must be ≥ 1, got {self.grad_accum}")
-        if self.n_vectors is not None and self.n_vectors < 1:
-            raise TrainingError(f"n_vectors must be ≥ 1, got {self.n_vectors}")
+# Not settings: fixed by the method (CrossInit's pull weight) and by how forgiving the loop is.
+CROSSINIT_LAMBDA = 1e-5
+NAN_PATIENCE = 5
 
 
 @dataclass
@@ -236,9 +196,9 @@ class EncoderInit:
     note: str = ""
 
 
-def initialize(text: TextSide, initializer: str, config: TrainConfig) -> dict[str, EncoderInit]:
+def initialize(text: TextSide, settings: TrainSettings) -> dict[str, EncoderInit]:
     """μ, m* and the first value of the trainable tensor, per encoder."""
-    words = initializer.strip()
+    words = settings.initializer.strip()
     if not words:
         raise TrainingError("the initializer is empty: give a word close to the concept, e.g. 'dog' or 'painting'")
     raw: dict[str, torch.Tensor] = {}
@@ -252,7 +212,7 @@ def initialize(text: TextSide, initializer: str, config: TrainConfig) -> dict[st
             raise TrainingError(f"the initializer {words!r} maps to an all-zero {key} row (a padding token); pick another word")
         raw[key] = rows
     n_tokens = max(r.shape[0] for r in raw.values())
-    n = config.n_vectors or n_tokens
+    n = settings.n_vectors or n_tokens
     if n < n_tokens:
         raise TrainingError(
             f"the initializer {words!r} has {n_tokens} sub-tokens but only {n} vector(s) were asked for; "
@@ -267,12 +227,12 @@ def initialize(text: TextSide, initializer: str, config: TrainConfig) -> dict[st
             note = f"{key}: {n} vectors from {rows.shape[0]} sub-token(s) of {words!r}, rows repeated cyclically"
             rows = rows[idx]
         stats = magnitude.norm_stats(text.vocabulary(key))
-        m_star = magnitude.target_norm(stats, config.magnitude)
+        m_star = magnitude.target_norm(stats, settings.m_star_policy)
         mu = sphere.normalize(rows.double()).float()
         anchor = None
-        if config.method == "dti":
+        if settings.method == "dti":
             start = mu.clone()
-        elif config.method == "crossinit":
+        elif settings.method == "crossinit":
             hidden = text.initializer_hidden(key, words).detach().to(torch.float32).cpu()
             if hidden.shape[0] < n:
                 hidden = hidden[torch.arange(n) % hidden.shape[0]]
@@ -297,7 +257,6 @@ class TrainResult:
     history: list[StepRecord]
     seconds: float
     notes: list[str] = field(default_factory=list)
-    stopped_early: str | None = None
 
 
 # --------------------------------------------------------------------------------------------
@@ -317,25 +276,26 @@ class Trainer:
         text: TextSide,
         denoise: DenoiseSide,
         sampler: BatchSampler,
-        config: TrainConfig,
-        name: str,
-        initializer: str,
+        settings: TrainSettings,
         device: torch.device | str = "cpu",
-        family: str | None = None,
-        encoder_ids: dict[str, str] | None = None,
+        family: Family | None = None,
+        nan_patience: int = NAN_PATIENCE,
     ) -> None:
-        config.validate()
-        self.text, self.denoise, self.sampler, self.config = text, denoise, sampler, config
-        self.name, self.initializer, self.family = name, initializer, family
-        self.encoder_ids = encoder_ids or {}
+        settings.check()
+        self.text, self.denoise, self.sampler, self.settings = text, denoise, sampler, settings
+        self.family = family
+        self.nan_patience = nan_patience
         self.device = torch.device(device)
-        self.inits = initialize(text, initializer, config)
+        self.inits = initialize(text, settings)
         self.params: dict[str, torch.Tensor] = {
             k: init.start.to(self.device, torch.float32).clone().requires_grad_(True) for k, init in self.inits.items()
         }
+        text.bind_rows({k: int(p.shape[0]) for k, p in self.params.items()})
+        for prompt in sampler.prompts():  # a prompt without the concept fails here, before any step
+            text.prepare(prompt)
         groups = [{"params": [self.params[k]], "mu": self.inits[k].mu.to(self.device)} for k in self.params]
-        self.optimizer = build_optimizer(config.method, groups, lr=config.lr, kappa=config.kappa, beta=config.beta)
-        self.generator = torch.Generator(device="cpu").manual_seed(config.seed)
+        self.optimizer = build_optimizer(settings.method, groups, lr=settings.lr, kappa=settings.kappa, beta=settings.beta)
+        self.generator = torch.Generator(device="cpu").manual_seed(settings.seed)
         self.step = 0
         self.history: list[StepRecord] = []
         self._last_good = {k: p.detach().clone() for k, p in self.params.items()}
@@ -346,17 +306,18 @@ class Trainer:
 
     def rows(self) -> dict[str, torch.Tensor]:
         """The rows spliced into the encoders: m*·v for dti, the raw vectors otherwise."""
-        if self.config.method == "dti":
+        if self.settings.method == "dti":
             return {k: self.inits[k].m_star * p for k, p in self.params.items()}
         return dict(self.params)
 
     def concept(self) -> Concept:
         """The last good state as a Concept (ti_rescaled: rows moved to m*)."""
-        method = self.config.method
+        method = self.settings.method
         encoders = {}
         for key, value in self._last_good.items():
             init = self.inits[key]
-            common = dict(mu=init.mu.clone(), encoder_id=self.encoder_ids.get(key))
+            encoder_id = self.family.encoder(key).encoder_id if self.family is not None else None
+            common = dict(mu=init.mu.clone(), encoder_id=encoder_id)
             if method == "dti":
                 v = sphere.normalize(value.double().cpu()).float()
                 enc = EncoderConcept(directions=v, norms=torch.full((v.shape[0],), init.m_star), m_star=init.m_star, **common)
@@ -366,10 +327,11 @@ class Trainer:
                 if method == "ti_rescaled":
                     enc = enc.rescaled(init.m_star)
             encoders[key] = enc
-        info = {k: v for k, v in asdict(self.config).items() if k not in ("nan_patience", "checkpoint_every")}
-        info.update(initializer=self.initializer, steps_done=self.step,
+        info = self.settings.as_info()
+        info.update(crossinit_lambda=CROSSINIT_LAMBDA, initializer=self.settings.initializer, steps_done=self.step,
                     m_star={k: i.m_star for k, i in self.inits.items()})
-        return Concept(name=self.name, encoders=encoders, method=method, family=self.family, info=info)
+        family = self.family.name if self.family is not None else None
+        return Concept(name=self.settings.name, encoders=encoders, method=method, family=family, info=info)
 
     # -- evaluation ----------------------------------------------------------------------------
 
@@ -388,9 +350,9 @@ class Trainer:
     def state_dict(self) -> dict[str, Any]:
         return {
             "step": self.step,
-            "name": self.name,
-            "initializer": self.initializer,
-            "config": asdict(self.config),
+            "name": self.settings.name,
+            "initializer": self.settings.initializer,
+            "config": self._checkpoint_config(),
             "params": {k: v.detach().cpu().clone() for k, v in self._last_good.items()},
             "optimizer": self.optimizer.state_dict(),
             "generator": self.generator.get_state(),
@@ -398,13 +360,18 @@ class Trainer:
             "history": [[r.step, r.loss, r.norms, r.skipped] for r in self.history],
         }
 
+    def _checkpoint_config(self) -> dict[str, Any]:
+        """The settings a checkpoint records (and a resumed run must share: method and magnitude)."""
+        return self.settings.as_info()
+
     def load_state_dict(self, state: dict[str, Any]) -> None:
         saved = state.get("config", {})
+        mine = self._checkpoint_config()
         for field_name in ("method", "magnitude"):
-            if saved.get(field_name) != getattr(self.config, field_name):
+            if saved.get(field_name) != mine[field_name]:
                 raise TrainingError(
                     f"checkpoint was trained with {field_name}={saved.get(field_name)!r}, this run uses "
-                    f"{getattr(self.config, field_name)!r}; match the settings or start fresh"
+                    f"{mine[field_name]!r}; match the settings or start fresh"
                 )
         params = state["params"]
         if set(params) != set(self.params):
@@ -430,7 +397,7 @@ class Trainer:
         return {k: float(torch.linalg.vector_norm(r.detach(), dim=-1).mean()) for k, r in self.rows().items()}
 
     def train_step(self) -> StepRecord:
-        cfg = self.config
+        cfg = self.settings
         self.optimizer.zero_grad(set_to_none=True)
         total = 0.0
         finite = True
@@ -444,7 +411,7 @@ class Trainer:
                     torch.nn.functional.mse_loss(self.params[k], self.inits[k].anchor.to(self.device))
                     for k in self.params
                 )
-                loss = loss + cfg.crossinit_lambda * pull
+                loss = loss + CROSSINIT_LAMBDA * pull
             if not bool(torch.isfinite(loss)):
                 finite = False
                 break
@@ -473,7 +440,7 @@ class Trainer:
         self._nan_streak += 1
         record = StepRecord(self.step, float("nan"), self._norms(), skipped=True)
         self.history.append(record)
-        if self._nan_streak >= self.config.nan_patience:
+        if self._nan_streak >= self.nan_patience:
             raise TrainingDiverged(
                 f"loss or gradient was NaN/inf for {self._nan_streak} steps in a row (last at step {self.step}); "
                 "the last good vectors were kept. Lower the learning rate, train in fp32/bf16 instead of fp16, "
@@ -487,11 +454,11 @@ class Trainer:
         on_checkpoint: Callable[[Trainer], None] | None = None,
     ) -> TrainResult:
         started = time.perf_counter()
-        while self.step < self.config.steps:
+        while self.step < self.settings.steps:
             record = self.train_step()
             if on_step is not None:
                 on_step(self, record)
-            every = self.config.checkpoint_every
-            if on_checkpoint is not None and every > 0 and self.step % every == 0 and self.step < self.config.steps:
+            every = self.settings.checkpoint_every
+            if on_checkpoint is not None and every > 0 and self.step % every == 0 and self.step < self.settings.steps:
                 on_checkpoint(self)
         return TrainResult(self.concept(), list(self.history), time.perf_counter() - started, list(self.notes))

@@ -1,22 +1,27 @@
-"""ComfyUI adapters and nodes: the only part of the pack that imports comfy."""
+"""The node classes a user sees; everything they call lives in ../adapters and ../dti."""
 
 from __future__ import annotations
 
-from comfy_api.latest import ComfyExtension, io
 from typing_extensions import override
 
+from .api import ComfyExtension, io
 from .inspector import DTINormInspector
 from .load import DTILoadEmbedding
-from .sana_options import DTISanaInstruction
+from .sana_instruction import DTISanaInstruction
 from .save import DTISaveConcept
 from .slerp import DTISlerpConcepts
-from .train import DTITrain
+from .train import DTITrain, DTITrainLegacy, DTITrainOptions
+
+NODES: list[type[io.ComfyNode]] = [
+    DTITrain, DTITrainOptions, DTILoadEmbedding, DTISlerpConcepts, DTINormInspector, DTISaveConcept, DTISanaInstruction,
+    DTITrainLegacy,
+]
 
 
 class DTIExtension(ComfyExtension):
     @override
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
-        return [DTITrain, DTILoadEmbedding, DTISlerpConcepts, DTINormInspector, DTISaveConcept, DTISanaInstruction]
+        return list(NODES)
 
 
 async def comfy_entrypoint() -> DTIExtension:

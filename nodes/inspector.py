@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import torch
-from comfy_api.latest import io, ui
 
-from ..dti import diagnostics, formats, magnitude
+from ..adapters.folders import embedding_choices, file_fingerprint, resolve_embedding
+from ..adapters.plots import norm_histogram, stack_vertically, to_image_tensor
+from ..adapters.text_encoder import text_encoder
+from ..adapters.vocab import fit, load_for, stats
+from ..dti import diagnostics, magnitude
 from ..dti.concept import Concept
-from .load import embedding_choices, resolve_embedding
-from .plots import norm_histogram, stack_vertically, to_image_tensor
-from .text_encoders import text_encoder
+from ..dti.errors import InputError
+from .api import io, ui
 from .types import DTIConcept, text_encoder_input
-from .vocab import fit, load_for, stats
 
 NO_FILE = "(none)"
 
@@ -91,13 +92,7 @@ class DTINormInspector(io.ComfyNode):
 
     @classmethod
     def fingerprint_inputs(cls, clip=None, concept=None, embedding=None, k=None) -> str:
-        if embedding in (None, NO_FILE):
-            return f"{embedding}"
-        try:
-            st = resolve_embedding(embedding).stat()
-            return f"{embedding}:{st.st_mtime_ns}:{st.st_size}"
-        except (formats.EmbeddingFileError, OSError):
-            return f"{embedding}:missing"
+        return f"{embedding}" if embedding in (None, NO_FILE) else file_fingerprint(embedding)
 
     @classmethod
     def execute(cls, clip, concept=None, embedding=NO_FILE, k=8) -> io.NodeOutput:
@@ -110,7 +105,7 @@ class DTINormInspector(io.ComfyNode):
             loaded = load_for(path, encoder)
             sources.append((fit(loaded.to_concept(), encoder, source=path.name)[0], f"{path.name} [{loaded.layout}]"))
         if not sources:
-            raise ValueError("nothing to inspect: connect a concept or pick an embedding file")
+            raise InputError("nothing to inspect: connect a concept or pick an embedding file")
         reports, images = [], []
         for c, title in sources:
             text, imgs = inspect(c, encoder, int(k), title)

@@ -2,46 +2,14 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
-import folder_paths
-from comfy_api.latest import io, ui
-
+from ..adapters.folders import embedding_choices, file_fingerprint, placeholder_name, resolve_embedding
+from ..adapters.text_encoder import text_encoder
+from ..adapters.vocab import fit, load_for, rescale_to_m_star
 from ..dti import formats
-from .text_encoders import text_encoder
+from .api import io, ui
 from .types import DTIConcept, text_encoder_input
-from .vocab import fit, load_for, rescale_to_m_star
 
 NORM_MODES = ("as saved", "rescale to m* (TI-rescaled)")
-
-
-def embedding_choices() -> list[str]:
-    return formats.list_embedding_files(folder_paths.get_folder_paths("embeddings"))
-
-
-def resolve_embedding(relative: str) -> Path:
-    """The file for a choice, searched in every embeddings folder, never outside them."""
-    for folder in folder_paths.get_folder_paths("embeddings"):
-        try:
-            path = formats.resolve_inside(folder, relative)
-        except formats.EmbeddingFileError:
-            continue
-        if path.is_file():
-            return path
-    raise formats.EmbeddingFileError(
-        f"embedding {relative!r} was not found in the embeddings folder(s) {folder_paths.get_folder_paths('embeddings')}; "
-        "refresh the node (R) after adding files"
-    )
-
-
-def placeholder_name(relative: str) -> str:
-    """The name prompts use for a file: its path without extension, as in stock `embedding:name`."""
-    stem = relative
-    for ext in formats.EXTENSIONS:
-        if stem.lower().endswith(ext):
-            stem = stem[: -len(ext)]
-    return stem.replace(os.sep, "/")
 
 
 class DTILoadEmbedding(io.ComfyNode):
@@ -75,15 +43,10 @@ class DTILoadEmbedding(io.ComfyNode):
 
     @classmethod
     def fingerprint_inputs(cls, clip=None, embedding=None, prompt=None, norm=None) -> str:
-        # Re-execute when the file changes, even under the same name.
-        try:
-            st = resolve_embedding(embedding).stat()
-            return f"{embedding}:{st.st_mtime_ns}:{st.st_size}"
-        except (formats.EmbeddingFileError, OSError, TypeError):
-            return f"{embedding}:missing"
+        return file_fingerprint(embedding)  # re-execute when the file changes, even under the same name
 
     @classmethod
-    def validate_inputs(cls, embedding=None, **_kw) -> bool | str:
+    def validate_inputs(cls, embedding) -> bool | str:
         if embedding is not None:
             try:
                 resolve_embedding(embedding)

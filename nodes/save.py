@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from comfy_api.latest import io, ui
-
+from ..adapters.folders import embeddings_folder
 from ..dti import formats
-from . import host
+from ..dti.settings import ON_EXISTS
+from .api import io, ui
 from .types import DTIConcept
-
-ON_EXISTS = ("increment", "overwrite", "error")
 
 
 class DTISaveConcept(io.ComfyNode):
@@ -30,7 +28,7 @@ class DTISaveConcept(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, name=None, **_kw) -> bool | str:
+    def validate_inputs(cls, name) -> bool | str:
         if name is not None:
             try:
                 formats.safe_name(name)
@@ -40,6 +38,6 @@ class DTISaveConcept(io.ComfyNode):
 
     @classmethod
     def execute(cls, concept, name, if_exists) -> io.NodeOutput:
-        path = formats.save_concept(concept, host.embeddings_folder(), name, if_exists)
+        path = formats.save_concept(concept, embeddings_folder(), name, if_exists)
         text = f"saved {concept.describe()} to {path}; use it as embedding:{path.stem}"
         return io.NodeOutput(str(path), ui=ui.PreviewText(text))

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import torch
-from comfy_api.latest import io, ui
 
+from ..adapters.text_encoder import text_encoder
+from ..adapters.vocab import fit
 from ..dti.blend import MODES, BlendError, interpolate, parse_t_values, parse_weights, weighted_mean
-from .text_encoders import text_encoder
+from .api import io, ui
 from .types import DTIConcept, text_encoder_input
-from .vocab import fit
 
 BLEND_NAME = "blend"
 
@@ -66,12 +66,10 @@ class DTISlerpConcepts(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, t=None, t_values=None, **_kw) -> bool | str:
+    def validate_inputs(cls, t_values=None, weights=None) -> bool | str:
         try:
-            if t is not None and not (0.0 <= float(t) <= 1.0):
-                return f"t must lie in [0, 1], got {t}"
             parse_t_values(t_values or "")
-            parse_weights(_kw.get("weights") or "")
+            parse_weights(weights or "")
         except BlendError as e:
             return str(e)
         return True

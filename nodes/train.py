@@ -1,161 +1,299 @@
-"""DTI Train: learn a concept from images with the MODEL, CLIP and VAE already loaded."""
+"""DTI Train and DTI Train Options: learn a concept from images with the MODEL, CLIP and VAE already loaded.
+
+DTI Train shows what most users change; every other setting sits on DTI Train Options, wired into
+its optional ``options`` input (unconnected = the family's defaults). One options node can feed
+several trainings, e.g. a TI and a DTI run of the same subject. Graphs saved with the first
+version of DTI Train (29 inputs on one node) keep working through DTI Train (legacy).
+"""
 
 from __future__ import annotations
 
-from comfy_api.latest import io, ui
+from dataclasses import fields
 
-from ..dti import formats, magnitude
+from ..adapters.folders import checkpoint_choices, checkpoints_folder
+from ..adapters.plots import to_image_tensor
+from ..adapters.session import train_concept
+from ..adapters.text_encoder import text_encoder
+from ..dti import formats
 from ..dti.optim import METHODS, TI_ADAMW_LR
-from ..dti.trainer import TEMPLATES
-from . import host
-from .images import RESIZE_MODES
-from .plots import to_image_tensor
-from .session import PRECISIONS, TrainRequest, train_concept
-from .text_encoders import text_encoder
+from ..dti.settings import (
+    DEFAULT,
+    MAGNITUDES,
+    MAX_VECTORS,
+    ON_EXISTS,
+    PRECISIONS,
+    RESIZE_MODES,
+    TEMPLATE_SETS,
+    TrainSettings,
+)
+from .api import io, ui
 from .types import DTIConcept, text_encoder_input
+from .types import DTITrainOptions as OptionsSocket
 
-MAGNITUDES = (*magnitude.POLICIES, "custom")
-ON_EXISTS = ("increment", "overwrite", "error")
 NO_RESUME = "none"
-
-
-def _resume_choices() -> list[str]:
-    root = host.checkpoints_folder()
-    files = formats.list_embedding_files([str(root)]) if root.is_dir() else []
-    return [NO_RESUME] + [f for f in files if f.endswith(".safetensors")]
+_D = TrainSettings()  # the defaults the inputs show
 
 
 def _one(value):
-    """This node takes whole lists (is_input_list) so that list-shaped image inputs train once;
+    """DTI Train takes whole lists (is_input_list) so that list-shaped image inputs train once;
     every other input is a single value wrapped in a list."""
     return value[0] if isinstance(value, list) else value
+
+
+# -- inputs, one factory per setting (shared by DTI Train, its options node and the legacy node) ------
+
+def _family_default(what: str, sentinel: float) -> str:
+    return f" {sentinel:g} uses the family default ({what})."
+
+
+def in_steps(sentinel: int = DEFAULT) -> io.Int.Input:
+    return io.Int.Input("steps", default=sentinel, min=sentinel, max=100000,
+                        tooltip="Optimizer steps." + _family_default("SDXL/SD1 400, Gemma models 500", sentinel))
+
+
+def in_learning_rate(sentinel: float = DEFAULT) -> io.Float.Input:
+    return io.Float.Input("learning_rate", default=sentinel, min=sentinel, max=1.5, step=0.001,
+                          tooltip="dti: the angle (radians) each vector turns per step — the reference's 0.01 × batch 4 = 0.04. "
+                                  f"AdamW methods: the AdamW rate (default {TI_ADAMW_LR:g})." + _family_default("0.04", sentinel))
+
+
+def in_resolution(sentinel: int = DEFAULT) -> io.Int.Input:
+    return io.Int.Input("resolution", default=sentinel, min=sentinel, max=4096,
+                        tooltip="Training resolution (square crops)." + _family_default("SDXL 768, SD1 512, Gemma 1024", sentinel))
+
+
+def in_kappa() -> io.Float.Input:
+    return io.Float.Input("kappa", default=DEFAULT, min=DEFAULT, max=10.0, step=0.00001,
+                          tooltip="Concentration of the vMF prior pulling toward the initializer; 0 disables the prior."
+                                  + _family_default("SDXL 1e-4, Gemma 5e-5", DEFAULT))
+
+
+def in_batch_size(sentinel: int = DEFAULT) -> io.Int.Input:
+    return io.Int.Input("batch_size", default=sentinel, min=sentinel, max=64,
+                        tooltip="Images per step." + _family_default("SDXL 4, Gemma models 2", sentinel))
+
+
+def in_grad_accum(sentinel: int = DEFAULT) -> io.Int.Input:
+    return io.Int.Input("grad_accum", default=sentinel, min=sentinel, max=64,
+                        tooltip="Micro-batches accumulated per step." + _family_default("Gemma models 2, else 1", sentinel))
+
+
+def in_vectors(sentinel: int = DEFAULT) -> io.Int.Input:
+    return io.Int.Input("vectors", default=sentinel, min=sentinel, max=MAX_VECTORS,
+                        tooltip=f"Vectors per encoder, at most {MAX_VECTORS}. {sentinel}: one per initializer sub-token. "
+                                "More than the sub-tokens repeats the initializer rows.")
+
+
+def common_option_inputs() -> list:
+    """Options whose meaning never changed (their order is the legacy node's)."""
+    return [
+        io.Combo.Input("magnitude", options=list(MAGNITUDES), default=_D.magnitude,
+                       tooltip="m*, the fixed norm of every vector: a statistic of the encoder's vocabulary norms, or custom."),
+        io.Float.Input("magnitude_value", default=_D.magnitude_value, min=0.0001, max=100.0, step=0.0001,
+                       tooltip="The norm used when magnitude is 'custom'."),
+    ]
+
+
+def image_option_inputs() -> list:
+    return [
+        io.Combo.Input("resize", options=list(RESIZE_MODES), default=_D.resize,
+                       tooltip="'resize and crop' scales each image's short side to the resolution (mixed sizes are fine); "
+                               "'keep size' trains at the images' own size, which must be the same for all."),
+        io.Boolean.Input("random_crop", default=_D.random_crop, tooltip="Random instead of centered crops."),
+        io.Boolean.Input("flip", default=_D.flip, tooltip="Randomly mirror images (both versions are encoded once)."),
+        # Not called "seed": the front end gives "seed" inputs a randomize-after-queue control by
+        # default, which would retrain on every Queue.
+        io.Int.Input("training_seed", default=_D.seed, min=0, max=0xFFFFFFFF,
+                     tooltip="Seed for noise, timesteps, crops and templates; fixed, so queuing again reuses the result."),
+        io.Combo.Input("templates", options=list(TEMPLATE_SETS), default=_D.templates,
+                       tooltip="Training prompts: the 27 ImageNet object templates or the style templates."),
+        io.String.Input("captions", multiline=True, default=_D.captions,
+                        tooltip="Optional: one caption per line (one per image, or a single line for all) with {} where "
+                                "the concept goes; replaces the templates."),
+    ]
+
+
+def run_option_inputs() -> list:
+    return [
+        io.Combo.Input("precision", options=list(PRECISIONS), default=_D.precision,
+                       tooltip="UNet compute dtype while training. auto: bf16 (or fp32) when the model runs in fp16, "
+                               "whose gradients underflow. Vectors and optimizer state are always fp32."),
+        io.Boolean.Input("gradient_checkpointing", default=_D.gradient_checkpointing,
+                         tooltip="Recompute UNet activations in backward: less memory, slower steps."),
+        io.Int.Input("checkpoint_every", default=_D.checkpoint_every, min=0, max=100000,
+                     tooltip="Write a resumable checkpoint (vectors + optimizer state) every N steps; 0 = never."),
+        io.Combo.Input("resume", options=[NO_RESUME, *checkpoint_choices()], default=NO_RESUME,
+                       tooltip="Continue a run from one of its checkpoints (output/dti_checkpoints)."),
+        io.Boolean.Input("save", default=_D.save, tooltip="Save the concept to the embeddings folder when training ends."),
+        io.Combo.Input("if_exists", options=list(ON_EXISTS), default=_D.on_exists,
+                       tooltip="When the file exists: increment (name_2, …; avoids stale CLIPTextEncode caches), "
+                               "overwrite, or stop with an error."),
+    ]
+
+
+def main_inputs() -> list:
+    return [
+        io.Model.Input("model", tooltip="The diffusion model to train against (SDXL, SD1.x, Lumina 2 or SANA). It is not modified."),
+        text_encoder_input("The text encoder of the same checkpoint; the concept gets one vector per sub-encoder"),
+        io.Vae.Input("vae", tooltip="Encodes the training images once, before training starts."),
+        io.Image.Input("images", tooltip="Training images (a batch, or a list of batches of any sizes)."),
+        io.String.Input("name", default=_D.name,
+                        tooltip="File name of the concept in the embeddings folder; prompts use it as embedding:name."),
+        io.String.Input("initializer", default=_D.initializer,
+                        tooltip="A word close to the concept ('dog', 'teapot', 'watercolor'). Its token(s) start the training "
+                                "and are the prior's mean; one vector per sub-token."),
+        io.String.Input("prompt", multiline=True, default="a photo of {} on a beach",
+                        tooltip="Prompt for the CONDITIONING output; write {} or embedding:name where the concept goes."),
+        io.Combo.Input("method", options=list(METHODS), default=_D.method,
+                       tooltip="dti: direction on the sphere at norm m* (the paper). ti: plain textual inversion (AdamW). "
+                               "ti_rescaled: ti, then rows rescaled to m*. crossinit: ti from the encoder's output."),
+    ]
+
+
+def _outputs() -> list:
+    return [
+        DTIConcept.Output(display_name="concept", tooltip="The learned concept, for the other DTI nodes."),
+        io.Conditioning.Output(display_name="conditioning", tooltip="The prompt encoded with the learned concept."),
+        io.Image.Output(display_name="plot", tooltip="Loss and per-encoder norm over the steps."),
+        io.String.Output(display_name="summary", tooltip="What was trained, the numbers, and where it was saved."),
+    ]
+
+
+DESCRIPTION = (
+    "Learns a concept from a few images with Directional Textual Inversion: each token vector keeps the encoder's "
+    "in-distribution norm m* and only its direction is trained (Riemannian SGD with a von Mises–Fisher prior toward "
+    "the initializer). Uses the loaded MODEL, CLIP and VAE."
+)
+
+# Node input name → settings field, where they differ.
+INPUT_TO_FIELD = {"learning_rate": "lr", "training_seed": "seed", "if_exists": "on_exists"}
+_FIELDS = {f.name for f in fields(TrainSettings)}
+
+
+def settings_from_inputs(values: dict) -> TrainSettings:
+    """The settings object from node input values (by input name); 'none' resume means no resume."""
+    out = {}
+    for key, value in values.items():
+        field = INPUT_TO_FIELD.get(key, key)
+        if field in _FIELDS:
+            out[field] = value
+    resume = out.get("resume")
+    out["resume"] = None if resume in (None, NO_RESUME) else str(checkpoints_folder() / resume)
+    if "name" in out:
+        out["name"] = str(out["name"]).strip()
+    return TrainSettings(**out)
+
+
+def check_name_and_initializer(name, initializer) -> bool | str:
+    """validate_inputs for the inputs it names (ComfyUI still checks every other input's range and options)."""
+    for value in (name if isinstance(name, list) else [name]):
+        if value is not None:
+            try:
+                formats.safe_name(value)
+            except formats.EmbeddingFileError as e:
+                return str(e)
+    for value in (initializer if isinstance(initializer, list) else [initializer]):
+        if value is not None and not str(value).strip():
+            return "initializer is empty: give a word close to the concept, e.g. 'dog'"
+    return True
+
+
+def run_training(cls, model, clip, vae, images, settings: TrainSettings, prompt: str) -> io.NodeOutput:
+    encoder = text_encoder(clip)
+    session = train_concept(model, clip, vae, images, settings, node_id=cls.hidden.unique_id)
+    conditioning = encoder.conditioning(session.settings.name, prompt, session.concept.vectors())
+    plot = to_image_tensor(session.plot)
+    # The node shows the live chart (web extension) and the summary; the plot stays an output.
+    return io.NodeOutput(session.concept, conditioning, plot, session.summary, ui=ui.PreviewText(session.summary))
+
+
+class DTITrainOptions(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="DTITrainOptions",
+            display_name="DTI Train Options",
+            category="DTI",
+            description=("Every DTI Train setting that is not on the node itself: the prior, m*, batching, images, "
+                         "prompts, precision, checkpoints and saving. Connect it to DTI Train's options input; "
+                         f"{DEFAULT} means the model family's default."),
+            inputs=[in_kappa(),
+                    io.Float.Input("beta", default=_D.beta, min=0.0, max=0.999, step=0.001,
+                                   tooltip="0 (the paper's default): every step turns each vector by exactly the learning rate. "
+                                           "Above 0: the step is normalized by an EMA of the gradient norm instead."),
+                    *common_option_inputs(), in_batch_size(), in_grad_accum(), *image_option_inputs(), in_vectors(),
+                    *run_option_inputs()],
+            outputs=[OptionsSocket.Output(display_name="options", tooltip="Connect to DTI Train's options input.")],
+        )
+
+    @classmethod
+    def execute(cls, **values) -> io.NodeOutput:
+        return io.NodeOutput(dict(values))
 
 
 class DTITrain(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
-            node_id="DTITrain",
+            node_id="DTITrainConcept",
             display_name="DTI Train",
             category="DTI",
-            description=(
-                "Learns a concept from a few images with Directional Textual Inversion: each token vector keeps "
-                "the encoder's in-distribution norm m* and only its direction is trained (Riemannian SGD with a "
-                "von Mises–Fisher prior toward the initializer). Uses the loaded MODEL, CLIP and VAE."
-            ),
+            description=DESCRIPTION + " More settings: connect DTI Train Options.",
             is_experimental=True,
             is_output_node=True,
             is_input_list=True,
-            inputs=[
-                io.Model.Input("model",
-                               tooltip="The diffusion model to train against (SDXL, SD1.x, Lumina 2 or SANA). It is not modified."),
-                text_encoder_input("The text encoder of the same checkpoint; the concept gets one vector per sub-encoder"),
-                io.Vae.Input("vae", tooltip="Encodes the training images once, before training starts."),
-                io.Image.Input("images", tooltip="Training images (a batch, or a list of batches of any sizes)."),
-                io.String.Input("name", default="my_concept",
-                                tooltip="File name of the concept in the embeddings folder; prompts use it as embedding:name."),
-                io.String.Input("initializer", default="dog",
-                                tooltip="A word close to the concept ('dog', 'teapot', 'watercolor'). Its token(s) start the "
-                                        "training and are the prior's mean; one vector per sub-token."),
-                io.String.Input("prompt", multiline=True, default="a photo of {} on a beach",
-                                tooltip="Prompt for the CONDITIONING output; write {} or embedding:name where the concept goes."),
-                io.Combo.Input("method", options=list(METHODS), default="dti",
-                               tooltip="dti: direction on the sphere at norm m* (the paper). ti: plain textual inversion (AdamW). "
-                                       "ti_rescaled: ti, then rows rescaled to m*. crossinit: ti from the encoder's output."),
-                io.Int.Input("steps", default=0, min=0, max=100000,
-                             tooltip="Optimizer steps; 0 uses the family default (SDXL/SD1 400, Gemma models 500)."),
-                io.Float.Input("learning_rate", default=0.0, min=0.0, max=1.5, step=0.001,
-                               tooltip="dti: the angle (radians) each vector turns per step — the reference's 0.01 × batch 4 = "
-                                       f"0.04. AdamW methods: the AdamW rate (default {TI_ADAMW_LR:g}). 0 uses the default."),
-                io.Float.Input("kappa", default=-1.0, min=-1.0, max=10.0, step=0.00001,
-                               tooltip="Concentration of the vMF prior pulling toward the initializer (SDXL 1e-4, Gemma 5e-5); "
-                                       "-1 uses the family default, 0 disables the prior."),
-                io.Combo.Input("magnitude", options=list(MAGNITUDES), default="mean",
-                               tooltip="m*, the fixed norm of every vector: a statistic of the encoder's vocabulary norms, or custom."),
-                io.Float.Input("magnitude_value", default=0.4, min=0.0001, max=100.0, step=0.0001,
-                               tooltip="The norm used when magnitude is 'custom'."),
-                io.Int.Input("batch_size", default=0, min=0, max=64,
-                             tooltip="Images per step; 0 uses the family default (SDXL 4, Gemma models 2)."),
-                io.Int.Input("grad_accum", default=0, min=0, max=64,
-                             tooltip="Micro-batches accumulated per step; 0 uses the family default (Gemma models 2, else 1)."),
-                io.Int.Input("resolution", default=0, min=0, max=4096, step=8,
-                             tooltip="Training resolution (square crops); 0 uses the family default (SDXL 768, SD1 512, Gemma 1024)."),
-                io.Combo.Input("resize", options=list(RESIZE_MODES), default=RESIZE_MODES[0],
-                               tooltip="'resize and crop' scales each image's short side to the resolution (mixed sizes are fine); "
-                                       "'keep size' trains at the images' own size, which must be the same for all."),
-                io.Boolean.Input("random_crop", default=False, tooltip="Random instead of centered crops."),
-                io.Boolean.Input("flip", default=False, tooltip="Randomly mirror images (both versions are encoded once)."),
-                # Not called "seed": the front end gives "seed" inputs a randomize-after-queue control by
-                # default, which would retrain on every Queue.
-                io.Int.Input("training_seed", default=42, min=0, max=0xFFFFFFFF,
-                             tooltip="Seed for noise, timesteps, crops and templates; fixed, so queuing again reuses the result."),
-                io.Combo.Input("templates", options=sorted(TEMPLATES), default="object",
-                               tooltip="Training prompts: the 27 ImageNet object templates or the style templates."),
-                io.String.Input("captions", multiline=True, default="",
-                                tooltip="Optional: one caption per line (one per image, or a single line for all) with {} where "
-                                        "the concept goes; replaces the templates."),
-                io.Int.Input("vectors", default=0, min=0, max=16,
-                             tooltip="Vectors per encoder; 0 = one per initializer sub-token. More repeats the initializer rows."),
-                io.Combo.Input("precision", options=list(PRECISIONS), default="auto",
-                               tooltip="UNet compute dtype while training. auto: bf16 (or fp32) when the model runs in fp16, "
-                                       "whose gradients underflow. Vectors and optimizer state are always fp32."),
-                io.Boolean.Input("gradient_checkpointing", default=False,
-                                 tooltip="Recompute UNet activations in backward: less memory, slower steps."),
-                io.Int.Input("checkpoint_every", default=0, min=0, max=100000,
-                             tooltip="Write a resumable checkpoint (vectors + optimizer state) every N steps; 0 = never."),
-                io.Combo.Input("resume", options=_resume_choices(), default=NO_RESUME,
-                               tooltip="Continue a run from one of its checkpoints (output/dti_checkpoints)."),
-                io.Boolean.Input("save", default=True, tooltip="Save the concept to the embeddings folder when training ends."),
-                io.Combo.Input("if_exists", options=list(ON_EXISTS), default="increment",
-                               tooltip="When the file exists: increment (name_2, …; avoids stale CLIPTextEncode caches), "
-                                       "overwrite, or stop with an error."),
-            ],
-            outputs=[
-                DTIConcept.Output(display_name="concept", tooltip="The learned concept, for the other DTI nodes."),
-                io.Conditioning.Output(display_name="conditioning", tooltip="The prompt encoded with the learned concept."),
-                io.Image.Output(display_name="plot", tooltip="Loss and per-encoder norm over the steps."),
-                io.String.Output(display_name="summary", tooltip="What was trained, the numbers, and where it was saved."),
-            ],
+            inputs=[*main_inputs(), in_steps(), in_learning_rate(), in_resolution(),
+                    OptionsSocket.Input("options", optional=True,
+                                        tooltip="DTI Train Options; unconnected, every other setting is the family default.")],
+            outputs=_outputs(),
             hidden=[io.Hidden.unique_id],
         )
 
     @classmethod
-    def validate_inputs(cls, name=None, initializer=None, **_kwargs) -> bool | str:
-        for value in (name if isinstance(name, list) else [name]):
-            if value is not None:
-                try:
-                    formats.safe_name(value)
-                except formats.EmbeddingFileError as e:
-                    return str(e)
-        for value in (initializer if isinstance(initializer, list) else [initializer]):
-            if value is not None and not str(value).strip():
-                return "initializer is empty: give a word close to the concept, e.g. 'dog'"
-        return True
+    def validate_inputs(cls, name, initializer) -> bool | str:
+        return check_name_and_initializer(name, initializer)
 
     @classmethod
-    def execute(cls, model, clip, vae, images, **kw) -> io.NodeOutput:
-        model, clip, vae = _one(model), _one(clip), _one(vae)
-        kw = {k: _one(v) for k, v in kw.items()}
-        encoder = text_encoder(clip)
-        d = encoder.family.defaults
-        method = kw["method"]
-        lr = kw["learning_rate"] or (d.lr if method == "dti" else TI_ADAMW_LR)
-        request = TrainRequest(
-            name=kw["name"].strip(), initializer=kw["initializer"], method=method,
-            steps=kw["steps"] or d.steps, lr=lr,
-            kappa=d.kappa if kw["kappa"] < 0 else kw["kappa"],
-            magnitude=kw["magnitude_value"] if kw["magnitude"] == "custom" else kw["magnitude"],
-            batch_size=kw["batch_size"] or d.batch_size, grad_accum=kw["grad_accum"] or d.grad_accum,
-            resolution=kw["resolution"] or d.resolution, resize=kw["resize"], random_crop=kw["random_crop"],
-            flip=kw["flip"], seed=kw["training_seed"], templates=kw["templates"], captions=kw["captions"],
-            n_vectors=kw["vectors"] or None, precision=kw["precision"],
-            gradient_checkpointing=kw["gradient_checkpointing"], checkpoint_every=kw["checkpoint_every"],
-            resume=None if kw["resume"] in (None, NO_RESUME) else str(host.checkpoints_folder() / kw["resume"]),
-            save=kw["save"], on_exists=kw["if_exists"],
+    def execute(cls, model, clip, vae, images, prompt, options=None, **values) -> io.NodeOutput:
+        values = {k: _one(v) for k, v in values.items()}
+        settings = settings_from_inputs({**(_one(options) or {}), **values})
+        return run_training(cls, _one(model), _one(clip), _one(vae), images, settings, _one(prompt))
+
+
+class DTITrainLegacy(io.ComfyNode):
+    """The first DTI Train (node id DTITrain), kept so saved graphs load and run with the same meaning.
+
+    Its number inputs used 0 (kappa: -1) for "family default"; they are mapped to DEFAULT here.
+    """
+
+    LEGACY_ZERO_IS_DEFAULT = ("steps", "learning_rate", "batch_size", "grad_accum", "resolution", "vectors")
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="DTITrain",
+            display_name="DTI Train (legacy, all settings on one node)",
+            category="DTI",
+            description=DESCRIPTION + " Kept for graphs saved with the first version; new graphs use DTI Train + DTI Train Options.",
+            is_experimental=True,
+            is_output_node=True,
+            is_input_list=True,
+            is_deprecated=True,
+            inputs=[*main_inputs(), in_steps(0), in_learning_rate(0.0), in_kappa(), *common_option_inputs(),
+                    in_batch_size(0), in_grad_accum(0), in_resolution(0), *image_option_inputs(),
+                    in_vectors(0), *run_option_inputs()],
+            outputs=_outputs(),
+            hidden=[io.Hidden.unique_id],
         )
-        session = train_concept(model, clip, vae, images, request, node_id=cls.hidden.unique_id)
-        vectors = session.concept.vectors()
-        conditioning = encoder.conditioning(request.name, kw["prompt"], vectors)
-        plot = to_image_tensor(session.plot)
-        # The node shows the live chart (web extension) and the summary; the plot stays an output.
-        return io.NodeOutput(session.concept, conditioning, plot, session.summary, ui=ui.PreviewText(session.summary))
+
+    @classmethod
+    def validate_inputs(cls, name, initializer) -> bool | str:
+        return check_name_and_initializer(name, initializer)
+
+    @classmethod
+    def execute(cls, model, clip, vae, images, prompt, **values) -> io.NodeOutput:
+        values = {k: _one(v) for k, v in values.items()}
+        for key in cls.LEGACY_ZERO_IS_DEFAULT:
+            if values.get(key) == 0:
+                values[key] = DEFAULT
+        return run_training(cls, _one(model), _one(clip), _one(vae), images, settings_from_inputs(values), _one(prompt))

@@ -1,9 +1,12 @@
 """Socket types private to the pack."""
 
-from comfy_api.latest import io
+from .api import io
 
 # A learned or loaded concept (dti.concept.Concept), passed between DTI nodes.
 DTIConcept = io.Custom("DTI_CONCEPT")
+
+# DTI Train Options' settings (a dict of input name → value), for DTI Train's options input.
+DTITrainOptions = io.Custom("DTI_TRAIN_OPTIONS")
 
 # ComfyUI_ExtraModels' Gemma loader output (SANA's text encoder): a dict with an HF tokenizer and model.
 Gemma = io.Custom("GEMMA")

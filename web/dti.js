@@ -5,7 +5,7 @@ import { api } from "../../scripts/api.js";
 
 // Kept on window so tests and other extensions can read what the chart shows.
 const STATE = (window.__comfyui_dti = window.__comfyui_dti || { train: {}, reports: {} });
-const TEXT_NODES = ["DTITrain", "DTINormInspector", "DTILoadEmbedding", "DTISlerpConcepts", "DTISaveConcept"];
+const TEXT_NODES = ["DTITrainConcept", "DTITrain", "DTINormInspector", "DTILoadEmbedding", "DTISlerpConcepts", "DTISaveConcept"];
 const COLORS = ["#5aaaff", "#ff9646", "#78dc78", "#e664a0"];
 
 function emaSeries(values, alpha = 0.1) {
@@ -136,7 +136,7 @@ app.registerExtension({
     const executed = nodeType.prototype.onExecuted;
     nodeType.prototype.onNodeCreated = function () {
       const r = created?.apply(this, arguments);
-      if (nodeData.name === "DTITrain") addChart(this);
+      if (nodeData.name === "DTITrainConcept" || nodeData.name === "DTITrain") addChart(this);
       return r;
     };
     // A node gets its saved id only when a workflow is configured, after onNodeCreated.

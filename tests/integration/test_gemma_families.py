@@ -27,12 +27,12 @@ needs_extramodels = pytest.mark.skipif(
 
 
 def train(pack, family, fixed_batch_eval=None, **kw):
-    session = submodule(pack, "nodes.session")
+    session = submodule(pack, "adapters.session")
     model, clip, vae = tiny_objects(family)
     base = dict(name=f"{family}_cat", initializer="dog", steps=30, batch_size=2, grad_accum=2, resolution=64, seed=3)
     base.update(kw)
     with torch.inference_mode():
-        return session.train_concept(model, clip, vae, random_images(2, 64), session.TrainRequest(**base),
+        return session.train_concept(model, clip, vae, random_images(2, 64), submodule(pack, "dti.settings").TrainSettings(**base),
                                      on_step=fixed_batch_eval)
 
 
@@ -46,7 +46,7 @@ def fixed_batch_probe(pack, log):
             ch, cw = t.sampler.crop_size
             log["batch"] = tr.Batch(torch.stack([e.latent[:, :ch, :cw] for e in ex]), ["a photo of a {}"] * 2,
                                     [e.original_size for e in ex], [(0, 0)] * 2, (ch * 8, cw * 8))
-        if record.step in (1, t.config.steps):
+        if record.step in (1, t.settings.steps):
             log[record.step] = t.eval_loss(log["batch"], seed=11, repeats=6)
         log.setdefault("norms", []).append(record.norms["gemma"])
 
@@ -54,7 +54,7 @@ def fixed_batch_probe(pack, log):
 
 
 def check_training(pack, family, res, log, encoder_id):
-    encoders, vocab = submodule(pack, "nodes.text_encoders"), submodule(pack, "nodes.vocab")
+    encoders, vocab = submodule(pack, "adapters.text_encoder"), submodule(pack, "adapters.vocab")
     table = encoders.text_encoder(tiny_objects(family)[1]).table("gemma").double()
     norms = table.norm(dim=-1)
     m_star = float(norms[norms > 0].mean())
@@ -150,7 +150,7 @@ def test_sana_encode_reproduces_extramodels_sana_text_encode_exactly(pack, embed
 
     model, gemma, _vae = tiny_objects("sana")
     sana_nodes = importlib.import_module(tiny_comfy.load_extramodels(EXTRAMODELS).__name__ + ".Sana.nodes")
-    encoder = submodule(pack, "nodes.text_encoders").text_encoder(gemma)
+    encoder = submodule(pack, "adapters.text_encoder").text_encoder(gemma)
     piece = gemma["tokenizer"].convert_tokens_to_ids("▁sks")  # one piece: the literal prompt has the same tokens
     with torch.inference_mode():
         (stock,) = sana_nodes.SanaTextEncode().encode("a photo of sks on a beach", gemma)
@@ -241,9 +241,9 @@ def test_sana_hidden_direction_recovery_rises(pack, embeddings):
 @needs_extramodels
 def test_sana_training_encode_with_cached_instruction_matches_the_full_encode(pack, embeddings):
     model, gemma, _vae = tiny_objects("sana")
-    encoder = submodule(pack, "nodes.text_encoders").text_encoder(gemma)
+    encoder = submodule(pack, "adapters.text_encoder").text_encoder(gemma)
     prompts = ["a photo of {} on a beach", "{}", "the dog next to {} in a very busy city street at dusk"]
-    session = submodule(pack, "nodes.session")
+    session = submodule(pack, "adapters.session")
     with (torch.inference_mode(False), torch.enable_grad(), session.training_models(model, encoder),
           encoder.text_side("x") as side):
         rows = {"gemma": encoder.table("gemma")[[5, 9]].float().clone().requires_grad_(True)}
@@ -266,7 +266,7 @@ def test_sana_instruction_can_be_turned_off_for_training_and_use(pack, embedding
     outputs, _, _ = run_prompt(prompt)
     plain = outputs["i"][0][0]
     assert plain["text_encoder"] is gemma["text_encoder"] and "dti_instruction" not in gemma  # the input is not mutated
-    encoders = submodule(pack, "nodes.text_encoders")
+    encoders = submodule(pack, "adapters.text_encoder")
     with_instruction, without = encoders.text_encoder(gemma), encoders.text_encoder(plain)
     assert with_instruction.instruction and without.instruction == ""
     rows = {"gemma": with_instruction.table("gemma")[[7]].float()}
@@ -281,7 +281,7 @@ def test_sana_instruction_can_be_turned_off_for_training_and_use(pack, embedding
 @needs_extramodels
 def test_sana_prompts_accept_embedding_markers_in_any_case(pack, embeddings):
     _model, gemma, _vae = tiny_objects("sana")
-    encoder = submodule(pack, "nodes.text_encoders").text_encoder(gemma)
+    encoder = submodule(pack, "adapters.text_encoder").text_encoder(gemma)
     rows = {"gemma": encoder.table("gemma")[[7]].float()}
     with torch.inference_mode():
         braces = encoder.conditioning("My_Cat", "a photo of {} on a beach", rows)[0][0]

@@ -2,35 +2,59 @@
 
 from comfy_harness import ProgressRecorder, run_prompt
 
+MAIN_NODE = "DTITrainConcept"
+MAIN_INPUTS = ("model", "clip", "vae", "images", "name", "initializer", "prompt", "method", "steps", "learning_rate",
+               "resolution")
+
 
 def train_prompt(name="exec_cat", steps=6, **overrides):
-    inputs = {
-        "model": ["1", 0], "clip": ["1", 1], "vae": ["1", 2], "images": ["2", 0],
-        "name": name, "initializer": "dog", "prompt": "a photo of {} on a beach", "method": "dti",
-        "steps": steps, "learning_rate": 0.0, "kappa": -1.0, "magnitude": "mean", "magnitude_value": 0.4,
-        "batch_size": 2, "grad_accum": 0, "resolution": 64, "resize": "resize and crop", "random_crop": False,
-        "flip": False, "training_seed": 42, "templates": "object", "captions": "", "vectors": 0, "precision": "auto",
-        "gradient_checkpointing": False, "checkpoint_every": 0, "resume": "none", "save": True, "if_exists": "increment",
-    }
-    inputs.update(overrides)
+    """DTI Train with DTI Train Options; each override goes to whichever of the two nodes has that input."""
+    main = {"model": ["1", 0], "clip": ["1", 1], "vae": ["1", 2], "images": ["2", 0], "name": name, "initializer": "dog",
+            "prompt": "a photo of {} on a beach", "method": "dti", "steps": steps, "learning_rate": -1.0, "resolution": 64,
+            "options": ["opts", 0]}
+    options = {"kappa": -1.0, "beta": 0.0, "magnitude": "mean", "magnitude_value": 0.4, "batch_size": 2, "grad_accum": -1,
+               "resize": "resize and crop", "random_crop": False, "flip": False, "training_seed": 42, "templates": "object",
+               "captions": "", "vectors": -1, "precision": "auto", "gradient_checkpointing": False, "checkpoint_every": 0,
+               "resume": "none", "save": True, "if_exists": "increment"}
+    for key, value in overrides.items():
+        (main if key in main else options)[key] = value
     return {
         "1": {"class_type": "DTITestTinyCheckpoint", "inputs": {"ckpt_name": "tiny", "family": "sdxl"}},
         "2": {"class_type": "DTITestImages", "inputs": {"count": 3, "size": 64, "seed": 3}},
-        "3": {"class_type": "DTITrain", "inputs": inputs},
+        "3": {"class_type": MAIN_NODE, "inputs": main},
+        "opts": {"class_type": "DTITrainOptions", "inputs": options},
     }
 
 
 def test_pack_registers_its_nodes_through_comfyuis_loader(pack):
     import nodes
 
-    assert "DTITrain" in nodes.NODE_CLASS_MAPPINGS
-    info = nodes.NODE_CLASS_MAPPINGS["DTITrain"].GET_NODE_INFO_V1()
+    assert MAIN_NODE in nodes.NODE_CLASS_MAPPINGS
+    info = nodes.NODE_CLASS_MAPPINGS[MAIN_NODE].GET_NODE_INFO_V1()
     assert info["display_name"] == "DTI Train" and info["category"] == "DTI"
     assert info["output"] == ["DTI_CONCEPT", "CONDITIONING", "IMAGE", "STRING"]
-    for section in ("required", "optional"):
-        for name, spec in info["input"].get(section, {}).items():
-            assert spec[1].get("tooltip"), f"input {name} has no tooltip"
+    for node_id in (MAIN_NODE, "DTITrainOptions", "DTITrain"):
+        spec = nodes.NODE_CLASS_MAPPINGS[node_id].GET_NODE_INFO_V1()
+        for section in ("required", "optional"):
+            for name, entry in spec["input"].get(section, {}).items():
+                assert entry[1].get("tooltip"), f"{node_id} input {name} has no tooltip"
+        assert all(spec["output_tooltips"])
     assert all(info["output_tooltips"])
+
+
+def test_train_node_is_readable_at_a_glance(pack):
+    """At most 12 inputs on DTI Train; the rest on DTI Train Options (optional socket); the old node kept, deprecated."""
+    import nodes
+
+    info = nodes.NODE_CLASS_MAPPINGS[MAIN_NODE].GET_NODE_INFO_V1()
+    assert tuple(info["input"]["required"]) == MAIN_INPUTS
+    assert tuple(info["input"]["optional"]) == ("options",)
+    assert len(info["input"]["required"]) + len(info["input"]["optional"]) <= 12
+    legacy = nodes.NODE_CLASS_MAPPINGS["DTITrain"].GET_NODE_INFO_V1()
+    assert legacy["deprecated"] and len(legacy["input"]["required"]) == 29
+    options = nodes.NODE_CLASS_MAPPINGS["DTITrainOptions"].GET_NODE_INFO_V1()
+    # every setting of the legacy node lives on exactly one of the two new nodes
+    assert set(legacy["input"]["required"]) | {"beta"} == set(MAIN_INPUTS) | set(options["input"]["required"])
 
 
 def test_train_node_runs_in_the_executor_and_feeds_a_stock_sampler(pack, embeddings):

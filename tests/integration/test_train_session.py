@@ -16,14 +16,13 @@ def vocab_m_star(clip, attr):
 
 
 def request(pack, **kw):
-    session = submodule(pack, "nodes.session")
     base = dict(name="cat", initializer="dog", steps=6, batch_size=2, resolution=64, seed=7)
     base.update(kw)
-    return session.TrainRequest(**base)
+    return submodule(pack, "dti.settings").TrainSettings(**base)
 
 
 def train(pack, objects, images=None, **kw):
-    session = submodule(pack, "nodes.session")
+    session = submodule(pack, "adapters.session")
     model, clip, vae = objects
     with torch.inference_mode():  # the executor's context
         return session.train_concept(model, clip, vae, random_images(3, 64) if images is None else images, request(pack, **kw))
@@ -44,11 +43,11 @@ def test_dti_rows_sit_at_each_encoders_m_star_and_fixed_batch_loss_falls(pack, s
     evals = {}
 
     def on_step(t, record):
-        if record.step == 1 or record.step == t.config.steps:
+        if record.step == 1 or record.step == t.settings.steps:
             evals.setdefault("batch", fixed_batch(pack, t))
             evals[record.step] = t.eval_loss(evals["batch"], seed=123, repeats=8)
 
-    session = submodule(pack, "nodes.session")
+    session = submodule(pack, "adapters.session")
     model, clip, vae = sdxl
     with torch.inference_mode():
         res = session.train_concept(model, clip, vae, random_images(2, 64),
@@ -90,9 +89,9 @@ def test_saved_concept_works_with_stock_embedding_prompts(pack, family, request_
     import nodes
 
     objects = request_fixture_objects(family)
-    clip_text = submodule(pack, "nodes.clip_text")
-    families = submodule(pack, "nodes.families")
-    res = train(pack, objects, name=f"stock_{family}", steps=3, n_vectors=2)
+    clip_text = submodule(pack, "adapters.clip_text")
+    families = submodule(pack, "adapters.families")
+    res = train(pack, objects, name=f"stock_{family}", steps=3, vectors=2)
     name = res.saved_path.stem
     fam = families.detect_clip_family(objects[1])
     prompts = [
@@ -132,7 +131,7 @@ def test_sd1_concept_is_written_in_the_kohya_layout(pack, sd1, embeddings):
 def test_interruption_keeps_the_last_good_vectors(pack, sdxl, embeddings, comfy_dirs):
     import comfy.model_management
 
-    session = submodule(pack, "nodes.session")
+    session = submodule(pack, "adapters.session")
     seen = []
 
     def on_step(t, record):
@@ -152,7 +151,7 @@ def test_interruption_keeps_the_last_good_vectors(pack, sdxl, embeddings, comfy_
 
 
 def test_resume_continues_step_count_and_optimizer_state(pack, sdxl, embeddings, comfy_dirs):
-    session = submodule(pack, "nodes.session")
+    session = submodule(pack, "adapters.session")
     model, clip, vae = sdxl
     images = random_images(3, 64)
     opt_steps = {}
@@ -219,7 +218,7 @@ def test_models_are_unchanged_and_usable_for_sampling_afterwards(pack, sdxl, emb
 
 
 def test_mismatched_and_unsupported_models_are_refused(pack, sd1, sdxl, embeddings):
-    families = submodule(pack, "nodes.families")
+    families = submodule(pack, "adapters.families")
     with pytest.raises(families.UnsupportedModelError, match="MODEL is a BaseModel but the CLIP is SDXL"):
         train(pack, (sd1[0], sdxl[1], sdxl[2]))
     import comfy.sd
@@ -246,9 +245,9 @@ def test_bad_images_and_prompts_give_actionable_errors(pack, sdxl, embeddings):
     ok = train(pack, sdxl, images=mixed, steps=1, name="mixed", save=False)  # resized per image instead
     assert ok.result.history[-1].step == 1
     # CLIP's byte-level BPE gives tokens for every non-blank string, so a blank one is the real case
-    with pytest.raises(tr.TrainingError, match="initializer is empty"):
+    with pytest.raises(submodule(pack, "dti.errors").InputError, match="initializer is empty"):
         train(pack, sdxl, initializer=" \u2028 ")
-    clip_text = submodule(pack, "nodes.clip_text")
+    clip_text = submodule(pack, "adapters.clip_text")
     with pytest.raises(clip_text.MissingPlaceholderError, match="does not mention the concept"):
         train(pack, sdxl, captions="a photo of a cat")
     with pytest.raises(tr.TrainingError, match="2 caption lines for 3 images"):
@@ -277,7 +276,8 @@ def test_long_and_weighted_captions_train_through_the_per_prompt_path(pack, sdxl
 
 def test_batched_and_per_sample_model_conditioning_agree(pack, sdxl, embeddings):
     """The one-call path for samples of equal size gives the prediction of per-sample conditioning."""
-    session, encoders, den, tr = (submodule(pack, n) for n in ("nodes.session", "nodes.text_encoders", "nodes.denoise", "dti.trainer"))
+    names = ("adapters.session", "adapters.text_encoder", "adapters.denoise", "dti.trainer")
+    session, encoders, den, tr = (submodule(pack, n) for n in names)
     model, clip, _vae = sdxl
     encoder = encoders.text_encoder(clip)
     with torch.inference_mode(False), torch.enable_grad():

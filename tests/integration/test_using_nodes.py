@@ -10,7 +10,7 @@ from comfy_harness import run_prompt, submodule, tiny_objects, validate
 def make_concept(pack, name, seed, family="sdxl", n=1):
     """A DTI concept at each tiny encoder's m*, written like DTI Train writes it."""
     concept_mod, formats = submodule(pack, "dti.concept"), submodule(pack, "dti.formats")
-    vocab, encoders = submodule(pack, "nodes.vocab"), submodule(pack, "nodes.text_encoders")
+    vocab, encoders = submodule(pack, "adapters.vocab"), submodule(pack, "adapters.text_encoder")
     _model, clip, _vae = tiny_objects(family)
     enc = encoders.text_encoder(clip)
     fam = enc.family
@@ -22,7 +22,7 @@ def make_concept(pack, name, seed, family="sdxl", n=1):
         encs[sub.key] = concept_mod.EncoderConcept(directions=d / d.norm(dim=-1, keepdim=True), norms=torch.full((n,), s.mean),
                                                    m_star=s.mean, encoder_id=sub.encoder_id)
     c = concept_mod.Concept(name=name, encoders=encs, family=fam.name)
-    return c, formats.save_concept(c, submodule(pack, "nodes.host").embeddings_folder(), name, on_exists="overwrite")
+    return c, formats.save_concept(c, submodule(pack, "adapters.folders").embeddings_folder(), name, on_exists="overwrite")
 
 
 def loader(family="sdxl"):
@@ -61,7 +61,7 @@ def test_load_embedding_matches_stock_prompt_and_feeds_a_sampler(pack, embedding
 
 
 def test_ordinary_ti_file_loads_and_rescales_to_m_star(pack, embeddings):
-    vocab, encoders = submodule(pack, "nodes.vocab"), submodule(pack, "nodes.text_encoders")
+    vocab, encoders = submodule(pack, "adapters.vocab"), submodule(pack, "adapters.text_encoder")
     (embeddings / "sub").mkdir()
     ti = torch.randn(2, 32) * 2.0  # an A1111 SD1 embedding with TI's inflated norms
     torch.save({"string_to_param": {"*": ti}, "name": "ti", "step": 1000}, embeddings / "sub" / "old_ti.pt")
@@ -81,7 +81,7 @@ def test_ordinary_ti_file_loads_and_rescales_to_m_star(pack, embeddings):
 
 def test_load_embedding_refuses_files_for_another_model(pack, embeddings):
 
-    vocab = submodule(pack, "nodes.vocab")
+    vocab = submodule(pack, "adapters.vocab")
     safetensors.torch.save_file({"emb_params": torch.randn(1, 768)}, str(embeddings / "real_sd15.safetensors"))
     make_concept(pack, "sd1_only", 2, family="sd1")
     before = sorted(p.name for p in embeddings.iterdir())

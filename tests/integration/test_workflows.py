@@ -6,13 +6,14 @@ the stock folder image loader included. Sizes and step counts are turned down fo
 """
 
 import json
+from pathlib import Path
 
 import pytest
 import safetensors.torch
 import tiny_comfy
 import torch
 from comfy_harness import run_prompt, submodule, tiny_objects
-from workflow_tools import EXAMPLES, FAMILY, NEEDS_EXTRAMODELS, WORKFLOWS, set_widgets, swap_loaders, to_api
+from workflow_tools import EXAMPLES, FAMILY, NEEDS_EXTRAMODELS, WORKFLOWS, set_train_widgets, set_widgets, swap_loaders, to_api
 
 
 @pytest.fixture
@@ -21,8 +22,8 @@ def user_files(pack, embeddings, comfy_dirs):
     import numpy as np
     from PIL import Image
 
-    concept_mod, formats, vocab = submodule(pack, "dti.concept"), submodule(pack, "dti.formats"), submodule(pack, "nodes.vocab")
-    enc = submodule(pack, "nodes.text_encoders").text_encoder(tiny_objects("sdxl")[1])
+    concept_mod, formats, vocab = submodule(pack, "dti.concept"), submodule(pack, "dti.formats"), submodule(pack, "adapters.vocab")
+    enc = submodule(pack, "adapters.text_encoder").text_encoder(tiny_objects("sdxl")[1])
     fam = enc.family
     for i, name in enumerate(("my_concept", "concept_a", "concept_b")):
         g = torch.Generator().manual_seed(i)
@@ -43,8 +44,11 @@ def user_files(pack, embeddings, comfy_dirs):
     return embeddings
 
 
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "before_refactor"
+
+
 def scaled_down(workflow: dict) -> dict:
-    set_widgets(workflow, "DTITrain", steps=3, resolution=64, batch_size=2, if_exists="overwrite")
+    set_train_widgets(workflow, steps=3, resolution=64, batch_size=2, if_exists="overwrite")
     for latent in ("EmptyLatentImage", "EmptySD3LatentImage", "EmptySanaLatentImage"):
         set_widgets(workflow, latent, width=64, height=64)
     set_widgets(workflow, "KSampler", steps=2)
@@ -83,3 +87,24 @@ def test_workflow_executes_in_comfyui(pack, user_files, name):
     saved = [v for n in executor.history_result["outputs"].values() for v in n.get("images", []) if v.get("type") == "output"]
     if any(n["class_type"] == "SaveImage" for n in prompt.values()):
         assert saved, f"{name}: no image was saved"
+
+
+def test_a_graph_saved_with_the_first_dti_train_runs_with_the_same_meaning(pack, user_files):
+    """The front end fills widgets by position: a graph saved with the 29-input DTI Train must still mean what it did.
+
+    Node id DTITrain keeps its first layout (now shown as DTI Train (legacy)), so its saved widget values map onto the
+    same inputs; 0 there still means the family default.
+    """
+    old = json.loads((FIXTURES / "dti_train_sdxl_v1.json").read_text())
+    set_widgets(old, "DTITrain", steps=3, resolution=64, batch_size=2, if_exists="overwrite")
+    for latent in ("EmptyLatentImage",):
+        set_widgets(old, latent, width=64, height=64)
+    set_widgets(old, "KSampler", steps=2)
+    prompt = to_api(swap_loaders(old))
+    train = next(node for node in prompt.values() if node["class_type"] == "DTITrain")
+    assert train["inputs"]["learning_rate"] == 0.0 and train["inputs"]["kappa"] == -1.0  # the old "family default"
+    outputs, executor, _ = run_prompt(prompt)
+    train_id = next(k for k, node in prompt.items() if node["class_type"] == "DTITrain")
+    concept = outputs[train_id][0][0]
+    assert concept.info["steps"] == 3 and concept.info["lr"] == 0.04 and concept.info["kappa"] == 1e-4  # SDXL defaults
+    assert concept.info["grad_accum"] == 1 and concept.info["n_vectors"] is None

@@ -70,8 +70,8 @@ class ComfyServer:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"ComfyUI exited early:\n{self.log.read_text()[-3000:]}")
             try:
-                with urllib.request.urlopen(self.url + "/object_info/DTITrain", timeout=2) as r:
-                    if r.status == 200 and b"DTITrain" in r.read():
+                with urllib.request.urlopen(self.url + "/object_info/DTITrainConcept", timeout=2) as r:
+                    if r.status == 200 and b"DTITrainConcept" in r.read():
                         return self
             except OSError:
                 time.sleep(0.5)

@@ -12,7 +12,7 @@ import torch
 
 
 def submodule(pack, name: str):
-    """e.g. submodule(pack, "nodes.session") — imported under the pack's own module name."""
+    """e.g. submodule(pack, "adapters.session") — imported under the pack's own module name."""
     return importlib.import_module(f"{pack.__name__}.{name}")
 
 

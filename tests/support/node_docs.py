@@ -15,15 +15,26 @@ from pathlib import Path
 DOCS = Path(__file__).resolve().parents[2] / "web" / "docs"
 
 NOTES = {
-    "DTITrain": [
-        "Zero in *steps*, *learning_rate*, *batch_size*, *grad_accum* and *resolution*, and -1 in *kappa*, mean the "
-        "family default: SDXL 768², batch 4, 400 steps, 0.04 rad/step, κ 1e-4; SD1.x the same at 512²; Gemma models "
-        "(Lumina 2, SANA) 1024², batch 2 × 2 accumulation, 500 steps, κ 5e-5.",
+    "DTITrainConcept": [
+        "-1 in *steps*, *learning_rate* and *resolution* (and in DTI Train Options' *kappa*, *batch_size*, *grad_accum*) "
+        "means the family default: SDXL 768², batch 4, 400 steps, 0.04 rad/step, κ 1e-4; SD1.x the same at 512²; "
+        "Gemma models (Lumina 2, SANA) 1024², batch 2 × 2 accumulation, 500 steps, κ 5e-5.",
+        "Every other setting is on **DTI Train Options**, connected to *options*; unconnected, all of them take their "
+        "defaults. One options node can feed several DTI Train nodes (e.g. a TI and a DTI run of one subject).",
         "*learning_rate* is the angle each vector turns per step (the reference's 0.01 scaled by batch 4). For the "
         "AdamW baselines (ti, ti_rescaled, crossinit) it is the AdamW rate (default 0.02).",
         "Interrupting keeps the last good vectors: a resumable checkpoint goes to `output/dti_checkpoints/<name>/` and, "
         "with *save* on, the concept to the embeddings folder. Repeated NaN losses stop the run the same way.",
         "The node shows a live loss / norm chart while it runs (the pack's web extension) and its summary afterwards.",
+    ],
+    "DTITrainOptions": [
+        "-1 means the model family's default (see DTI Train); for *vectors*, one vector per initializer sub-token.",
+        "*beta* 0 is the paper's update (each step turns a vector by exactly the learning rate).",
+    ],
+    "DTITrain": [
+        "The first version of DTI Train, with all 29 settings on one node, kept so that saved graphs load and run with "
+        "the same meaning (there, 0 in *steps*, *learning_rate*, *batch_size*, *grad_accum*, *resolution* and "
+        "*vectors* means the default). New graphs: DTI Train + DTI Train Options.",
     ],
     "DTILoadEmbedding": [
         "Reads DTI concepts and ordinary TI files: A1111 `.pt` (only through `torch.load(weights_only=True)`), kohya "

@@ -11,7 +11,7 @@ from tiny_comfy import random_images
 
 
 def make_teacher(pack, patcher, device, text, hidden_rows, identical_prompt_batches=False):
-    denoise = submodule(pack, "nodes.denoise")
+    denoise = submodule(pack, "adapters.denoise")
 
     class TeacherDenoise(denoise.ModelDenoiseSide):
         def loss(self, batch, cond, generator):
@@ -32,9 +32,9 @@ def make_teacher(pack, patcher, device, text, hidden_rows, identical_prompt_batc
 def run_recovery(pack, objects, steps, seed=0, batch=4, size=128, lr=0.04, templates=4, bare_prompt=False,
                  initializer="dog"):
     """Cosine of the trained direction to the hidden one, per encoder: (start, end)."""
-    session = submodule(pack, "nodes.session")
-    encoders = submodule(pack, "nodes.text_encoders")
-    images_mod = submodule(pack, "nodes.images")
+    session = submodule(pack, "adapters.session")
+    encoders = submodule(pack, "adapters.text_encoder")
+    images_mod = submodule(pack, "adapters.images")
     tr = submodule(pack, "dti.trainer")
     model, clip, vae = objects
     encoder = encoders.text_encoder(clip)
@@ -49,8 +49,10 @@ def run_recovery(pack, objects, steps, seed=0, batch=4, size=128, lr=0.04, templ
         prompts = ("{}",) if bare_prompt else tr.OBJECT_TEMPLATES[:templates]
         with session.training_models(model, encoder) as patcher, encoder.text_side("hidden") as text:
             sampler = tr.BatchSampler(examples, batch, crop, down, prompts, seed=seed)
-            config = tr.TrainConfig(steps=steps, lr=lr, kappa=0.0, seed=seed)
-            placeholder = tr.Trainer(text, None, sampler, config, name="hidden", initializer=initializer)
+            config = submodule(pack, "dti.settings").TrainSettings(
+                name="hidden", initializer=initializer, steps=steps, lr=lr, kappa=0.0, seed=seed, batch_size=batch, grad_accum=1,
+                resolution=size)
+            placeholder = tr.Trainer(text, None, sampler, config)
             g = torch.Generator().manual_seed(100 + seed)
             hidden = {}
             for key, init in placeholder.inits.items():
@@ -59,7 +61,7 @@ def run_recovery(pack, objects, steps, seed=0, batch=4, size=128, lr=0.04, templ
             hidden_rows = {k: placeholder.inits[k].m_star * v for k, v in hidden.items()}
             text.bind_rows({k: v.shape[0] for k, v in hidden.items()})
             teacher = make_teacher(pack, patcher, patcher.load_device, text, hidden_rows, encoder.family.identical_prompt_batches)
-            trainer = tr.Trainer(text, teacher, sampler, config, name="hidden", initializer=initializer)
+            trainer = tr.Trainer(text, teacher, sampler, config)
             start = {k: float((trainer.params[k].detach() * hidden[k]).sum(-1).mean()) for k in hidden}
             trainer.run()
             end = {k: float((trainer.params[k].detach() * hidden[k]).sum(-1).mean()) for k in hidden}

@@ -219,13 +219,33 @@ def sampler_tail(g: Graph, ckpt: int, positive: tuple[int, int], x: int, y: int,
     g.link(dec, 0, save, "images")
 
 
+TRAIN_NODES = ("DTITrainConcept", "DTITrainOptions")
+
+
+def train_nodes(g: Graph, pos: tuple[int, int], name: str, prompt: str) -> int:
+    """DTI Train with a DTI Train Options node (every setting at its default) wired into it."""
+    x, y = pos
+    train = g.add("DTITrainConcept", (x, y), size=(380, 420), name=name, initializer="dog", prompt=prompt)
+    options = g.add("DTITrainOptions", (x, y + 470), size=(380, 560))
+    g.link(options, 0, train, "options")
+    return train
+
+
+def set_train_widgets(workflow: dict, **values: Any) -> dict:
+    """set_widgets for DTI Train settings, each on whichever of DTI Train / DTI Train Options has it."""
+    for node_type in TRAIN_NODES:
+        names = {name for name, _control in widget_slots(node_type)}
+        mine = {k: v for k, v in values.items() if k in names}
+        set_widgets(workflow, node_type, **mine)
+    return workflow
+
+
 def checkpoint_train_graph(title: str, ckpt_name: str, concept: str, note_text: str, **tail) -> Graph:
     """A checkpoint loader and a photo folder feeding DTI Train, whose conditioning is sampled."""
     g = Graph(title)
     ckpt = g.add("CheckpointLoaderSimple", (40, 80), size=(330, 100), ckpt_name=ckpt_name)
     imgs = g.add("LoadImageSetFromFolderNode", (40, 240), size=(330, 90), folder="my_concept", resize_method="None")
-    train = g.add("DTITrain", (420, 80), size=(380, 900), name=concept, initializer="dog",
-                  prompt="a photo of {} on a beach at sunset")
+    train = train_nodes(g, (420, 80), concept, "a photo of {} on a beach at sunset")
     for i, name in enumerate(("model", "clip", "vae")):
         g.link(ckpt, i, train, name)
     g.link(imgs, 0, train, "images")
@@ -234,7 +254,8 @@ def checkpoint_train_graph(title: str, ckpt_name: str, concept: str, note_text: 
     summary = g.add("PreviewAny", (1300, 640), size=(420, 240), title="Training summary")
     g.link(train, 3, summary, "source")
     sampler_tail(g, ckpt, (train, 1), 850, 80, 1024, 1024, **tail)
-    note(g, (40, 380), note_text)
+    note(g, (40, 380), note_text + "\n\nMore settings (κ, batch, images, captions, checkpoints, saving) are on **DTI Train "
+                                   "Options** below it; -1 means the family default.")
     return g
 
 
@@ -323,8 +344,7 @@ def build_train_sana() -> Graph:
                   device="cuda", dtype="BF16")
     vae = g.add("ExtraVAELoader", (40, 470), size=(360, 130), vae_name="mit-han-lab/dc-ae-f32c32-sana-1.1-diffusers")
     imgs = g.add("LoadImageSetFromFolderNode", (40, 650), size=(360, 90), folder="my_concept", resize_method="None")
-    train = g.add("DTITrain", (450, 80), size=(380, 900), name="my_concept_sana", initializer="dog",
-                  prompt="a photo of {} on a beach at sunset")
+    train = train_nodes(g, (450, 80), "my_concept_sana", "a photo of {} on a beach at sunset")
     g.link(sana, 0, train, "model")
     g.link(gemma, 0, train, "clip")
     g.link(vae, 0, train, "vae")

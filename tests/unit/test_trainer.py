@@ -11,11 +11,12 @@ import pytest
 import torch
 
 from dti import checkpoint, sphere
+from dti.errors import InputError
+from dti.settings import TrainSettings
 from dti.trainer import (
     Batch,
     BatchSampler,
     LatentExample,
-    TrainConfig,
     Trainer,
     TrainingDiverged,
     TrainingError,
@@ -48,6 +49,16 @@ class ToyText:
     def initializer_hidden(self, key, words):
         return self.initializer_rows(key, words) * 3.0
 
+    def bind_rows(self, n_rows):
+        self.n_rows = dict(n_rows)
+
+    def prepare(self, prompt):
+        assert "{}" in prompt
+        return prompt
+
+    def close(self):
+        pass
+
     def encode(self, prompts, rows):
         self.encoded_prompts.extend(prompts)
         feats = sum(rows[k].sum(0) @ self.proj[k] for k in WIDTHS)
@@ -79,8 +90,15 @@ def make(method="dti", steps=20, poison=None, seed=42, **cfg):
     hidden = {k: sphere.normalize(torch.randn(1, d, generator=torch.Generator().manual_seed(7))) for k, d in WIDTHS.items()}
     target = sum(0.4 * hidden[k].sum(0) @ text.proj[k] for k in WIDTHS)
     sampler = BatchSampler(examples(), batch_size=2, crop_size=(6, 6), downscale=8, random_crop=True, flip=True, seed=seed)
-    config = TrainConfig(method=method, steps=steps, lr=cfg.pop("lr", 0.05), kappa=cfg.pop("kappa", 0.0), seed=seed, **cfg)
-    return Trainer(text, ToyDenoise(target, poison), sampler, config, name="toy", initializer="dog"), text
+    patience = cfg.pop("nan_patience", 5)
+    settings = config(name="toy", method=method, steps=steps, lr=cfg.pop("lr", 0.05), kappa=cfg.pop("kappa", 0.0), seed=seed, **cfg)
+    return Trainer(text, ToyDenoise(target, poison), sampler, settings, nan_patience=patience), text
+
+
+def config(**kw):
+    """Resolved settings (every family default filled in) for the toy model."""
+    return TrainSettings(**{"name": "x", "batch_size": 2, "grad_accum": 1, "resolution": 48, "steps": 10, "lr": 0.05,
+                            "kappa": 0.0, **kw})
 
 
 def test_dti_keeps_norm_at_m_star_and_lowers_loss():
@@ -143,9 +161,8 @@ def test_resume_from_checkpoint_continues_identically(tmp_path):
     straight, _ = make(steps=10, kappa=0.01)
     straight.run()
 
-    first, _ = make(steps=10, kappa=0.01)
+    first, _ = make(steps=10, kappa=0.01, checkpoint_every=5)
     saved = []
-    first.config.checkpoint_every = 5
 
     def on_ck(t):
         saved.append(checkpoint.save_checkpoint(t.state_dict(), tmp_path / f"ck_{t.step}.safetensors"))
@@ -208,8 +225,8 @@ def test_captions_override_templates():
     (dict(grad_accum=0), "accumulation"),
 ])
 def test_bad_config_is_refused(cfg, match):
-    with pytest.raises(TrainingError, match=match):
-        TrainConfig(**cfg).validate()
+    with pytest.raises(InputError, match=match):
+        config(**cfg).check()
 
 
 def test_bad_data_and_initializers():
@@ -219,13 +236,13 @@ def test_bad_data_and_initializers():
         BatchSampler(examples(size=4), batch_size=1, crop_size=(6, 6), downscale=8)
     tr_text = ToyText()
     sampler = BatchSampler(examples(), batch_size=1, crop_size=(6, 6), downscale=8)
-    with pytest.raises(TrainingError, match="initializer is empty"):
-        Trainer(tr_text, ToyDenoise(torch.zeros(8)), sampler, TrainConfig(), name="x", initializer="  ")
+    with pytest.raises(InputError, match="initializer is empty"):
+        Trainer(tr_text, ToyDenoise(torch.zeros(8)), sampler, config(initializer="  "))
     with pytest.raises(TrainingError, match="2 sub-tokens but only 1"):
-        Trainer(tr_text, ToyDenoise(torch.zeros(8)), sampler, TrainConfig(n_vectors=1), name="x", initializer="big dog")
+        Trainer(tr_text, ToyDenoise(torch.zeros(8)), sampler, config(vectors=1, initializer="big dog"))
     with pytest.raises(TrainingError, match="tokenizes to nothing for clip_l"):
-        Trainer(tr_text, ToyDenoise(torch.zeros(8)), sampler, TrainConfig(), name="x", initializer="<nothing>")
-    t = Trainer(tr_text, ToyDenoise(torch.zeros(8)), sampler, TrainConfig(n_vectors=3), name="x", initializer="dog")
+        Trainer(tr_text, ToyDenoise(torch.zeros(8)), sampler, config(initializer="<nothing>"))
+    t = Trainer(tr_text, ToyDenoise(torch.zeros(8)), sampler, config(vectors=3, initializer="dog"))
     assert t.params["clip_l"].shape == (3, 12) and "repeated cyclically" in t.notes[0]
 
 

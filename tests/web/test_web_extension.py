@@ -69,7 +69,7 @@ def workflows(server):
     for name in ("dti_train_sdxl", "dti_inspect_ti_vs_dti"):
         wf = json.loads((wt.WORKFLOWS / f"{name}.json").read_text())
         wf = wt.swap_loaders(wf)
-        wt.set_widgets(wf, "DTITrain", steps=8, resolution=64, batch_size=2)
+        wt.set_train_widgets(wf, steps=8, resolution=64, batch_size=2)
         wt.set_widgets(wf, "EmptyLatentImage", width=64, height=64)
         wt.set_widgets(wf, "KSampler", steps=2)
         out[name] = (wf, wt.to_api(wf))
@@ -86,7 +86,7 @@ def test_pack_loads_in_the_server_without_import_failures(server):
 
 def test_live_chart_and_summary_on_dti_train(server, workflows):
     wf, api = workflows["dti_train_sdxl"]
-    train_id = next(k for k, v in api.items() if v["class_type"] == "DTITrain")
+    train_id = next(k for k, v in api.items() if v["class_type"] == "DTITrainConcept")
 
     async def scenario():
         async with br.Browser(CHROMIUM) as b:

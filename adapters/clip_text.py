@@ -13,20 +13,18 @@ import copy
 import hashlib
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ..dti.trainer import TrainingError
-from .families import Family
+from ..dti.errors import MissingPlaceholderError
+from ..dti.templates import PLACEHOLDER
 
-PLACEHOLDER = "{}"
+if TYPE_CHECKING:
+    from .families import HostFamily
+
 # Characters that may follow a concept name in a prompt without being part of it.
 _TRAILING_PUNCT = ",.;:!?)]}'\""
-
-
-class MissingPlaceholderError(TrainingError):
-    pass
 
 
 class _Slot:
@@ -104,44 +102,42 @@ class TextCond:
     attention_mask: torch.Tensor | None = None  # (B, L)
 
 
-def concept_tokenizer(clip, family: Family, name: str, n_rows: dict[str, int], embedding_dirs: list[str] | None = None):
+def concept_tokenizer(clip, family: HostFamily, name: str, n_rows: dict[str, int], embedding_dirs: list[str] | None = None):
     """A shallow copy of clip.tokenizer that resolves `embedding:name` to slot markers."""
     tok = copy.copy(clip.tokenizer)
     for sub in family.encoders:
-        inner = copy.copy(getattr(tok, sub.attr))
+        attr = family.attr(sub.key)
+        inner = copy.copy(getattr(tok, attr))
         inner._try_get_embedding = _concept_lookup(inner._try_get_embedding, sub.key, name, n_rows[sub.key])
         if inner.embedding_directory is None:
             # Some encoders (Gemma) are never given the embeddings folder, which disables
             # `embedding:` parsing altogether; a list turns it on for this copy only.
             inner.embedding_directory = list(embedding_dirs or [])
-        setattr(tok, sub.attr, inner)
+        setattr(tok, attr, inner)
     return tok
 
 
-def prepare_prompt(clip, tokenizer, family: Family, prompt: str, name: str) -> PreparedPrompt:
+def prepare_prompt(clip, tokenizer, family: HostFamily, prompt: str, name: str) -> PreparedPrompt:
     text = expand_placeholder(prompt, name)
     kwargs = {"tokenizer_options": dict(clip.tokenizer_options)} if getattr(clip, "tokenizer_options", None) else {}
     tokens = tokenizer.tokenize_with_weights(text, False, **kwargs)
-    slots = {sub.key: sum(isinstance(t, _Slot) for section in tokens[token_key(clip, sub)] for t, _w in section)
-             for sub in family.encoders}
+    sections = {sub.key: tokens[token_key(clip, family.attr(sub.key))] for sub in family.encoders}
+    slots = {key: sum(isinstance(t, _Slot) for section in secs for t, _w in section) for key, secs in sections.items()}
     if min(slots.values()) == 0:
         raise MissingPlaceholderError(
             f"the prompt {prompt!r} does not mention the concept: write embedding:{name} (or {{}}) where it "
             "should appear, e.g. 'a photo of embedding:" + name + " on a beach'"
         )
-    simple = all(
-        len(tokens[token_key(clip, sub)]) == 1 and all(w == 1.0 for _t, w in tokens[token_key(clip, sub)][0])
-        for sub in family.encoders
-    )
+    simple = all(len(secs) == 1 and all(w == 1.0 for _t, w in secs[0]) for secs in sections.values())
     return PreparedPrompt(text=text, tokens=tokens, simple=simple, slots=max(slots.values()))
 
 
-def token_key(clip, sub) -> str:
+def token_key(clip, attr: str) -> str:
     """Key of a sub-encoder in the token dict: SDXL uses "l"/"g", the SD1Tokenizer family its clip_name."""
     inner = getattr(clip.tokenizer, "clip_name", None)
-    if inner is not None and getattr(clip.tokenizer, "clip", None) == sub.attr:
+    if inner is not None and getattr(clip.tokenizer, "clip", None) == attr:
         return inner
-    return {"clip_l": "l", "clip_g": "g"}.get(sub.attr, sub.attr)
+    return {"clip_l": "l", "clip_g": "g"}.get(attr, attr)
 
 
 def substitute(tokens: dict[str, list], rows: dict[str, torch.Tensor]) -> dict[str, list]:
@@ -171,12 +167,12 @@ class ClipTextSide:
     Call ``close()`` (or use as a context manager) to put the encoder's layer options back.
     """
 
-    def __init__(self, clip, family: Family, name: str, prompt_wrapper: str = PLACEHOLDER) -> None:
+    def __init__(self, clip, family: HostFamily, name: str) -> None:
         self.clip, self.family, self.name = clip, family, name
         self.model = clip.cond_stage_model
-        self.subs = {sub.key: getattr(self.model, sub.attr) for sub in family.encoders}
-        self.sub_tokenizers = {sub.key: getattr(clip.tokenizer, sub.attr) for sub in family.encoders}
-        self.prompt_wrapper = prompt_wrapper  # e.g. Lumina 2's system prompt around the user prompt
+        self.subs = {sub.key: getattr(self.model, family.attr(sub.key)) for sub in family.encoders}
+        self.sub_tokenizers = {sub.key: getattr(clip.tokenizer, family.attr(sub.key)) for sub in family.encoders}
+        self.prompt_wrapper = family.prompt_wrapper  # e.g. Lumina 2's system prompt around the user prompt
         self._n_rows: dict[str, int] | None = None
         self._tokenizer = None
         self._cache: dict[str, PreparedPrompt] = {}
@@ -223,7 +219,7 @@ class ClipTextSide:
 
     def prepare(self, prompt: str) -> PreparedPrompt:
         if self._tokenizer is None:
-            raise RuntimeError("bind_rows() must be called before encoding")
+            raise RuntimeError("bind_rows() must be called before encoding")  # a programming error, not the user's
         if prompt not in self._cache:
             wrapped = wrap_prompt(self.prompt_wrapper, prompt)
             self._cache[prompt] = prepare_prompt(self.clip, self._tokenizer, self.family, wrapped, self.name)
@@ -249,7 +245,7 @@ class ClipTextSide:
     def _encode_batched(self, prepared: list[PreparedPrompt], rows: dict[str, torch.Tensor]) -> TextCond:
         outs = {}
         for sub in self.family.encoders:
-            key = token_key(self.clip, sub)
+            key = token_key(self.clip, self.family.attr(sub.key))
             batch = [[rows[t.key][t.index] if isinstance(t, _Slot) else t for t, _w in p.tokens[key][0]] for p in prepared]
             longest = max(len(b) for b in batch)
             if any(len(b) != longest for b in batch):
@@ -305,8 +301,7 @@ def _cat_pooled(conds: list[TextCond]) -> torch.Tensor | None:
     return torch.cat([c.pooled for c in conds])
 
 
-def encode_conditioning(clip, family: Family, name: str, prompt: str, vectors: dict[str, torch.Tensor],
-                        prompt_wrapper: str = PLACEHOLDER) -> list:
+def encode_conditioning(clip, family: HostFamily, name: str, prompt: str, vectors: dict[str, torch.Tensor]) -> list:
     """CONDITIONING for a prompt with the concept's rows, through the stock encode path.
 
     Uses clip.encode_from_tokens_scheduled exactly as CLIPTextEncode does, so for the same rows
@@ -314,6 +309,6 @@ def encode_conditioning(clip, family: Family, name: str, prompt: str, vectors: d
     """
     n_rows = {k: int(v.shape[0]) for k, v in vectors.items()}
     tok = concept_tokenizer(clip, family, name, n_rows)
-    prepared = prepare_prompt(clip, tok, family, wrap_prompt(prompt_wrapper, prompt), name)
+    prepared = prepare_prompt(clip, tok, family, wrap_prompt(family.prompt_wrapper, prompt), name)
     rows = {k: v.detach().to(torch.float32).cpu() for k, v in vectors.items()}
     return clip.encode_from_tokens_scheduled(substitute(prepared.tokens, rows))

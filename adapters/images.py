@@ -5,10 +5,10 @@ from __future__ import annotations
 import comfy.utils
 import torch
 
-from ..dti.trainer import LatentExample, TrainingError
-from .host import release
-
-RESIZE_MODES = ("resize and crop", "keep size")
+from ..dti.errors import TrainingError
+from ..dti.settings import RESIZE_MODES
+from ..dti.trainer import LatentExample
+from .models import release
 
 
 def flatten_images(images: list[torch.Tensor] | torch.Tensor) -> list[torch.Tensor]:

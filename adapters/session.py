@@ -22,53 +22,28 @@ import torch
 from ..dti import checkpoint as ckpt
 from ..dti import formats
 from ..dti.concept import Concept
-from ..dti.trainer import TEMPLATES, BatchSampler, TrainConfig, Trainer, TrainingError, TrainResult
-from . import host
+from ..dti.errors import InputError, TrainingError
+from ..dti.settings import PRECISIONS, TrainSettings
+from ..dti.templates import TEMPLATES
+from ..dti.trainer import BatchSampler, Trainer, TrainResult
+from .autograd import gradient_checkpointing, make_autograd_ready
 from .clip_text import weights_hash
-from .denoise import ModelDenoiseSide, gradient_checkpointing
-from .families import Family, check_model_matches
+from .denoise import ModelDenoiseSide
+from .families import HostFamily, check_model_matches
+from .folders import checkpoints_folder, embeddings_folder
 from .images import flatten_images, prepare_examples, split_captions
 from .plots import training_plot
-from .text_encoders import text_encoder
+from .progress import Progress, check_interrupted
+from .text_encoder import TextEncoder, text_encoder
 
 log = logging.getLogger("ComfyUI-DTI")
-
-PRECISIONS = ("auto", "bf16", "fp32", "as loaded")
-
-
-@dataclass
-class TrainRequest:
-    name: str
-    initializer: str
-    method: str = "dti"
-    steps: int = 400
-    lr: float = 0.04
-    kappa: float = 1e-4
-    beta: float = 0.0
-    magnitude: str | float = "mean"
-    batch_size: int = 4
-    grad_accum: int = 1
-    resolution: int = 768
-    resize: str = "resize and crop"
-    random_crop: bool = False
-    flip: bool = False
-    seed: int = 42
-    templates: str = "object"
-    captions: str = ""
-    n_vectors: int | None = None
-    precision: str = "auto"
-    gradient_checkpointing: bool = False
-    checkpoint_every: int = 0
-    resume: str | None = None
-    save: bool = True
-    on_exists: str = "increment"
-
 
 @dataclass
 class SessionResult:
     concept: Concept
     result: TrainResult
-    family: Family
+    family: HostFamily
+    settings: TrainSettings  # resolved: every family default filled in
     saved_path: Path | None
     checkpoints: list[Path] = field(default_factory=list)
     summary: str = ""
@@ -78,7 +53,7 @@ class SessionResult:
 def compute_dtype(precision: str, patcher) -> torch.dtype | None:
     """The UNet compute dtype for training: fp16 gradients underflow, so never train in fp16."""
     if precision not in PRECISIONS:
-        raise TrainingError(f"unknown precision {precision!r}; use one of {PRECISIONS}")
+        raise InputError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
     if precision == "bf16":
         return torch.bfloat16
     if precision == "fp32":
@@ -90,76 +65,70 @@ def compute_dtype(precision: str, patcher) -> torch.dtype | None:
     return torch.bfloat16 if comfy.model_management.should_use_bf16(device, prioritize_performance=False) else torch.float32
 
 
+def resolve_settings(settings: TrainSettings, family: HostFamily) -> TrainSettings:
+    """The settings with the family's defaults filled in, checked (InputError names the setting)."""
+    resolved = settings.resolve(family.defaults)
+    resolved.check()
+    formats.safe_name(resolved.name)
+    if resolved.resume and not Path(resolved.resume).is_file():
+        raise InputError(f"resume checkpoint {resolved.resume} does not exist; pick one from the list or 'none'")
+    return resolved
+
+
 def train_concept(
     model,
     clip,
     vae,
     images,
-    request: TrainRequest,
+    settings: TrainSettings,
     node_id: str | None = None,
     on_step: Callable[[Trainer, Any], None] | None = None,
 ) -> SessionResult:
+    """Train a concept on the user's MODEL, text encoder and VAE; ``settings`` may hold family defaults."""
     encoder = text_encoder(clip)
     family = encoder.family
     check_model_matches(model, family)
-    formats.safe_name(request.name)
-    if request.templates not in TEMPLATES:
-        raise TrainingError(f"unknown template set {request.templates!r}; use one of {sorted(TEMPLATES)}")
-    if request.resume and not Path(request.resume).is_file():
-        raise TrainingError(f"resume checkpoint {request.resume} does not exist")
+    s = resolve_settings(settings, family)
 
     with torch.inference_mode(False), torch.enable_grad():
         # Read inside: tensors created under the executor's inference mode could not be updated in place.
-        resume_state = ckpt.load_checkpoint(request.resume) if request.resume else None
+        resume_state = ckpt.load_checkpoint(s.resume) if s.resume else None
         imgs = flatten_images(images)
-        captions = split_captions(request.captions, len(imgs))
-        examples, crop, down = prepare_examples(
-            imgs, vae, model, request.resolution, request.resize, request.flip, captions
-        )
+        captions = split_captions(s.captions, len(imgs))
+        examples, crop, down = prepare_examples(imgs, vae, model, s.resolution, s.resize, s.flip, captions)
         with (
-            training_models(model, encoder, request.precision, request.gradient_checkpointing) as patcher,
-            encoder.text_side(request.name) as text,
+            training_models(model, encoder, s.precision, s.gradient_checkpointing) as patcher,
+            encoder.text_side(s.name) as text,
         ):
             denoise = ModelDenoiseSide(patcher, patcher.load_device, identical_prompt_batches=family.identical_prompt_batches)
-            sampler = BatchSampler(examples, request.batch_size, crop, down, TEMPLATES[request.templates],
-                                   random_crop=request.random_crop, flip=request.flip, seed=request.seed)
-            config = TrainConfig(
-                method=request.method, steps=request.steps, lr=request.lr, kappa=request.kappa, beta=request.beta,
-                magnitude=request.magnitude, grad_accum=request.grad_accum, seed=request.seed,
-                n_vectors=request.n_vectors, checkpoint_every=request.checkpoint_every,
-            )
-            trainer = Trainer(text, denoise, sampler, config, name=request.name, initializer=request.initializer,
-                              device=encoder.device, family=family.name,
-                              encoder_ids={s.key: s.encoder_id for s in family.encoders})
-            text.bind_rows({k: int(p.shape[0]) for k, p in trainer.params.items()})
-            text.prepare(sampler.templates[0] if all(c is None for c in captions) else captions[0])  # fail early
+            sampler = BatchSampler(examples, s.batch_size, crop, down, TEMPLATES[s.templates],
+                                   random_crop=s.random_crop, flip=s.flip, seed=s.seed)
+            trainer = Trainer(text, denoise, sampler, s, device=encoder.device, family=family.row)
             if resume_state is not None:
                 trainer.load_state_dict(resume_state)
-            return _run(trainer, family, request, node_id, on_step, text)
+            return _run(trainer, family, s, node_id, on_step, text)
 
 
 @contextlib.contextmanager
-def training_models(model, clip, precision: str = "auto", checkpointing: bool = False) -> Iterator[Any]:
+def training_models(model, encoder: TextEncoder, precision: str = "auto", checkpointing: bool = False) -> Iterator[Any]:
     """A clone of the MODEL's patcher, loaded with the text encoder and ready for autograd; undone on exit.
 
-    ``clip`` is the CLIP socket's value or its adapter. Call inside torch.inference_mode(False).
-    Yields the patcher to train through.
+    Call inside torch.inference_mode(False). Yields the patcher to train through.
     """
-    encoder = clip if hasattr(clip, "text_side") else text_encoder(clip)
     patcher = model.clone()
     dtype = compute_dtype(precision, patcher)
     if dtype is not None:
         patcher.set_model_compute_dtype(dtype)
     comfy.model_management.load_models_gpu([patcher, *encoder.patchers], force_full_load=True)
-    host.make_autograd_ready(patcher.model)
+    make_autograd_ready(patcher.model)
     for module in encoder.modules:
-        host.make_autograd_ready(module)
+        make_autograd_ready(module)
     with encoder.training(), gradient_checkpointing(patcher.model.diffusion_model, checkpointing):
         yield patcher
 
 
 def _checkpoint_path(name: str, step: int, tag: str = "step") -> Path:
-    return host.checkpoints_folder() / formats.safe_name(name) / f"{tag}_{step:06d}.safetensors"
+    return checkpoints_folder() / formats.safe_name(name) / f"{tag}_{step:06d}.safetensors"
 
 
 def _finish_concept(trainer: Trainer, text) -> Concept:
@@ -169,10 +138,10 @@ def _finish_concept(trainer: Trainer, text) -> Concept:
     return concept
 
 
-def _run(trainer: Trainer, family: Family, request: TrainRequest, node_id, on_step, text) -> SessionResult:
+def _run(trainer: Trainer, family: HostFamily, settings: TrainSettings, node_id, on_step, text) -> SessionResult:
     m_star = {k: i.m_star for k, i in trainer.inits.items()}
-    title = f"DTI Train - {request.name} ({request.method}, {family.label})"
-    progress = host.Progress(trainer.config.steps, node_id)
+    title = f"DTI Train - {settings.name} ({settings.method}, {family.label})"
+    progress = Progress(settings.steps, node_id)
     checkpoints: list[Path] = []
     first_step = trainer.step
 
@@ -184,39 +153,39 @@ def _run(trainer: Trainer, family: Family, request: TrainRequest, node_id, on_st
             preview_factory=lambda: training_plot(t.history, m_star, title),
             data={"loss": record.loss, "norms": record.norms, "m_star": m_star, "skipped": record.skipped},
         )
-        host.check_interrupted()
+        check_interrupted()
 
     def checkpoint_callback(t: Trainer) -> None:
-        checkpoints.append(ckpt.save_checkpoint(t.state_dict(), _checkpoint_path(request.name, t.step)))
+        checkpoints.append(ckpt.save_checkpoint(t.state_dict(), _checkpoint_path(settings.name, t.step)))
 
     started = time.perf_counter()
     try:
         result = trainer.run(on_step=step_callback, on_checkpoint=checkpoint_callback)
     except BaseException as exc:
         if trainer.step > first_step:
-            kept = _keep_partial(trainer, request, text, exc)
+            kept = _keep_partial(trainer, settings, text, exc)
             if isinstance(exc, TrainingError):
                 raise TrainingError(f"{exc} Saved what was learned so far: {kept}") from exc
         raise
     concept = _finish_concept(trainer, text)
     result.concept = concept
-    saved = formats.save_concept(concept, host.embeddings_folder(), request.name, request.on_exists) if request.save else None
+    saved = formats.save_concept(concept, embeddings_folder(), settings.name, settings.on_exists) if settings.save else None
     plot = training_plot(result.history, m_star, title)
-    summary = _summary(result, family, request, m_star, saved, checkpoints, time.perf_counter() - started, trainer.step - first_step)
+    summary = _summary(result, family, settings, m_star, saved, checkpoints, time.perf_counter() - started, trainer.step - first_step)
     log.info("ComfyUI-DTI: %s", summary.replace("\n", " | "))
-    return SessionResult(concept, result, family, saved, checkpoints, summary, plot)
+    return SessionResult(concept, result, family, settings, saved, checkpoints, summary, plot)
 
 
-def _keep_partial(trainer: Trainer, request: TrainRequest, text, exc: BaseException) -> str:
+def _keep_partial(trainer: Trainer, settings: TrainSettings, text, exc: BaseException) -> str:
     """Write the last good vectors (a resumable checkpoint, and the concept if saving is on)."""
     kept = []
     try:
-        path = ckpt.save_checkpoint(trainer.state_dict(), _checkpoint_path(request.name, trainer.step, "interrupted"))
+        path = ckpt.save_checkpoint(trainer.state_dict(), _checkpoint_path(settings.name, trainer.step, "interrupted"))
         kept.append(f"checkpoint {path}")
-        if request.save:
+        if settings.save:
             concept = _finish_concept(trainer, text)
             concept.info["stopped_by"] = type(exc).__name__
-            kept.append(f"concept {formats.save_concept(concept, host.embeddings_folder(), request.name, 'increment')}")
+            kept.append(f"concept {formats.save_concept(concept, embeddings_folder(), settings.name, 'increment')}")
     except Exception as save_error:  # keep the original error visible; report the saving failure beside it
         log.error("ComfyUI-DTI: could not keep the partial result: %s", save_error)
     text_kept = "; ".join(kept) or "nothing (saving failed, see the log)"
@@ -224,7 +193,7 @@ def _keep_partial(trainer: Trainer, request: TrainRequest, text, exc: BaseExcept
     return text_kept
 
 
-def _summary(result: TrainResult, family: Family, req: TrainRequest, m_star: dict[str, float], saved: Path | None,
+def _summary(result: TrainResult, family: HostFamily, req: TrainSettings, m_star: dict[str, float], saved: Path | None,
              checkpoints: list[Path], seconds: float, steps_run: int) -> str:
     losses = [r.loss for r in result.history if not r.skipped and math.isfinite(r.loss)]
     head = [f"{req.name}: {req.method} on {family.label}, {len(result.history)} steps "

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from comfy_api.latest import io
-
+from ..adapters.sana import INSTRUCTION_FLAG
+from .api import io
 from .types import Gemma
 
 CHOICES = ("complex human instruction (as SanaTextEncode)", "none")
-FLAG = "dti_instruction"
 
 
 class DTISanaInstruction(io.ComfyNode):
@@ -32,4 +31,4 @@ class DTISanaInstruction(io.ComfyNode):
 
     @classmethod
     def execute(cls, gemma, instruction) -> io.NodeOutput:
-        return io.NodeOutput({**gemma, FLAG: instruction == CHOICES[0]})
+        return io.NodeOutput({**gemma, INSTRUCTION_FLAG: instruction == CHOICES[0]})

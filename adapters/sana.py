@@ -20,11 +20,14 @@ from collections.abc import Iterator
 
 import torch
 
-from ..dti.trainer import TrainingError
-from .clip_text import PLACEHOLDER, MissingPlaceholderError, TextCond, vocabulary_rows
-from .families import FAMILIES, UnsupportedModelError
+from ..dti.errors import MissingPlaceholderError, TrainingError, UnsupportedModelError
+from ..dti.templates import PLACEHOLDER
+from .clip_text import TextCond, vocabulary_rows
+from .families import HOST_FAMILIES
 
 TEXT_LENGTH = 300  # SANA's model_max_length: BOS + 299 selected positions
+# Key DTI SANA Instruction adds to the GEMMA dict: False turns the instruction off.
+INSTRUCTION_FLAG = "dti_instruction"
 
 log = logging.getLogger("ComfyUI-DTI")
 
@@ -247,11 +250,9 @@ class SanaGemmaEncoder:
         self.gemma = gemma
         self.tokenizer = gemma["tokenizer"]
         self.model = gemma["text_encoder"]
-        self.family = FAMILIES["sana"]
+        self.family = HOST_FAMILIES["sana"]
         # DTI SANA Instruction can turn the instruction off (the reference trained without it)
-        self.instruction = instruction_prefix() if gemma.get("dti_instruction", True) else ""
-
-    prompt_wrapper = PLACEHOLDER
+        self.instruction = instruction_prefix() if gemma.get(INSTRUCTION_FLAG, True) else ""
 
     def table(self, key: str) -> torch.Tensor:
         return self.model.get_input_embeddings().weight

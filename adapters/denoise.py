@@ -8,24 +8,19 @@ which is ε-MSE for ε-prediction models (SD1.x, SDXL) and the flow target ε �
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
-
 import comfy.conds
 import comfy.model_base
-import comfy.model_sampling
 import torch
-import torch.utils.checkpoint
 
-from ..dti.trainer import Batch, TrainingError
+from ..dti.errors import TrainingError
+from ..dti.trainer import Batch
 from .clip_text import TextCond
 
 SUPPORTED_TYPES = (comfy.model_base.ModelType.EPS, comfy.model_base.ModelType.V_PREDICTION, comfy.model_base.ModelType.FLOW)
 
 
 class ModelDenoiseSide:
-    def __init__(self, patcher, device: torch.device, extra_cond_kwargs: dict | None = None,
-                 identical_prompt_batches: bool = False) -> None:
+    def __init__(self, patcher, device: torch.device, identical_prompt_batches: bool = False) -> None:
         self.patcher = patcher
         self.base = patcher.model
         self.model_type = self.base.model_type
@@ -37,7 +32,6 @@ class ModelDenoiseSide:
         self.sampling = patcher.get_model_object("model_sampling")
         self.device = device
         self.transformer_options = dict(patcher.model_options.get("transformer_options", {}))
-        self.extra_cond_kwargs = dict(extra_cond_kwargs or {})
         self.identical_prompt_batches = identical_prompt_batches
 
     def sample_sigmas(self, n: int, generator: torch.Generator) -> torch.Tensor:
@@ -57,7 +51,7 @@ class ModelDenoiseSide:
         kw = dict(
             pooled_output=None if cond.pooled is None else cond.pooled[rows],
             width=ow, height=oh, crop_w=left, crop_h=top, target_width=tw, target_height=th,
-            device=self.device, noise=x_t[rows], seed=0, **self.extra_cond_kwargs,
+            device=self.device, noise=x_t[rows], seed=0,
         )
         if cond.attention_mask is not None:
             # Prompts of different lengths were padded at the end to batch the encoder; give a
@@ -138,29 +132,3 @@ class ModelDenoiseSide:
         inverse = torch.empty(len(order), dtype=torch.long, device=x_t.device)
         inverse[torch.tensor(order, device=x_t.device)] = torch.arange(len(order), device=x_t.device)
         return torch.cat(parts)[inverse]
-
-
-@contextlib.contextmanager
-def gradient_checkpointing(diffusion_model: torch.nn.Module, enabled: bool) -> Iterator[int]:
-    """Recompute each top-level block in backward instead of storing its activations; undone on exit."""
-    if not enabled:
-        yield 0
-        return
-    blocks = []
-    for child in diffusion_model.children():
-        groups = child if isinstance(child, (torch.nn.ModuleList, torch.nn.Sequential)) else [child]
-        for block in groups:
-            if any(p.numel() for p in block.parameters()) and "forward" not in block.__dict__:
-                blocks.append(block)
-    try:
-        for block in blocks:
-            original = block.forward
-
-            def checkpointed(*args, _f=original, **kwargs):
-                return torch.utils.checkpoint.checkpoint(_f, *args, use_reentrant=False, **kwargs)
-
-            block.forward = checkpointed
-        yield len(blocks)
-    finally:
-        for block in blocks:
-            block.__dict__.pop("forward", None)

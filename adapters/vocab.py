@@ -8,14 +8,9 @@ import collections
 import torch
 
 from ..dti import formats, magnitude
-from ..dti.concept import Concept, describe_width
-
-FAMILY_LABELS = {"sd1": "SD1.x", "sdxl": "SDXL", "lumina2": "Lumina 2", "sana": "SANA"}
-
-
-class ConceptMismatchError(ValueError):
-    """A concept or file that does not fit the connected CLIP; says what it is and what it needs."""
-
+from ..dti.concept import Concept
+from ..dti.errors import ConceptMismatchError
+from ..dti.families import describe_width, guess_family
 
 _STATS: collections.OrderedDict = collections.OrderedDict()
 
@@ -50,21 +45,6 @@ def load_for(path, encoder):
         ) from e
 
 
-def guess_family(concept: Concept) -> str:
-    if concept.family:
-        return FAMILY_LABELS.get(concept.family, concept.family)
-    keys = set(concept.encoders)
-    if keys == {"clip_l", "clip_g"}:
-        return "SDXL"
-    if keys == {"clip_l"}:
-        return "SD1.x"
-    if keys == {"clip_g"}:
-        return "an SDXL refiner / CLIP-G-only model"
-    if keys == {"gemma"}:
-        return "a Gemma-2 model (Lumina 2 / SANA)"
-    return "an unknown family"
-
-
 def fit(concept: Concept, encoder, source: str | None = None) -> tuple[Concept, list[str]]:
     """The concept restricted to this encoder's sub-encoders, or ConceptMismatchError; plus notes for the user."""
     family = encoder.family
@@ -72,9 +52,10 @@ def fit(concept: Concept, encoder, source: str | None = None) -> tuple[Concept, 
     notes = []
     missing = [s.key for s in family.encoders if s.key not in concept.encoders]
     if missing:
+        made_for = guess_family(set(concept.encoders), concept.family)
         have = ", ".join(f"{k} ({e.width} wide)" for k, e in concept.encoders.items())
         raise ConceptMismatchError(
-            f"{what} has {have} — rows for {guess_family(concept)} — but this CLIP is {family.label} and needs "
+            f"{what} has {have} — rows for {made_for} — but this CLIP is {family.label} and needs "
             f"{', '.join(s.key for s in family.encoders)}; missing {', '.join(missing)}. Use a concept trained for {family.label}"
         )
     encoders = {}

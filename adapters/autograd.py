@@ -1,0 +1,81 @@
+"""What ComfyUI's models need, temporarily, to be trained through: autograd-ready weights,
+out-of-place CLIP residuals, gradient checkpointing. Every patch is undone on exit."""
+
+from __future__ import annotations
+
+import contextlib
+import types
+from collections.abc import Iterator
+
+import comfy.clip_model
+import torch
+import torch.utils.checkpoint
+
+
+def make_autograd_ready(module: torch.nn.Module) -> int:
+    """Swap inference-mode weights for ordinary tensors with the same values.
+
+    Loader nodes run under torch.inference_mode(), and autograd refuses to save inference tensors
+    for backward, so no gradient could pass through these layers. ``p.data = …`` is not allowed on
+    inference tensors; replacing the Parameter object is. Values are unchanged, so the model keeps
+    working for everyone else; the swap is redone each run because a reload brings new tensors.
+    """
+    swapped = 0
+    for sub in module.modules():
+        for name, p in list(sub._parameters.items()):
+            if p is not None and p.is_inference():
+                sub._parameters[name] = torch.nn.Parameter(p.detach().clone(), requires_grad=False)
+                swapped += 1
+        for name, b in list(sub._buffers.items()):
+            if b is not None and b.is_inference():
+                sub._buffers[name] = b.clone()
+                swapped += 1
+    return swapped
+
+
+def _clip_layer_out_of_place(self, x, mask=None, optimized_attention=None):
+    # Same as comfy.clip_model.CLIPLayer.forward without the in-place `x +=`, which destroys the
+    # LayerNorm input autograd saved and makes backward fail.
+    x = x + self.self_attn(self.layer_norm1(x), mask, optimized_attention)
+    return x + self.mlp(self.layer_norm2(x))
+
+
+@contextlib.contextmanager
+def out_of_place_clip_layers(module: torch.nn.Module) -> Iterator[int]:
+    """Temporarily give every CLIPLayer in the module an out-of-place forward; restored on exit."""
+    patched = []
+    try:
+        for sub in module.modules():
+            if isinstance(sub, comfy.clip_model.CLIPLayer) and "forward" not in sub.__dict__:
+                sub.forward = types.MethodType(_clip_layer_out_of_place, sub)
+                patched.append(sub)
+        yield len(patched)
+    finally:
+        for sub in patched:
+            del sub.forward
+
+
+@contextlib.contextmanager
+def gradient_checkpointing(diffusion_model: torch.nn.Module, enabled: bool) -> Iterator[int]:
+    """Recompute each top-level block in backward instead of storing its activations; undone on exit."""
+    if not enabled:
+        yield 0
+        return
+    blocks = []
+    for child in diffusion_model.children():
+        groups = child if isinstance(child, (torch.nn.ModuleList, torch.nn.Sequential)) else [child]
+        for block in groups:
+            if any(p.numel() for p in block.parameters()) and "forward" not in block.__dict__:
+                blocks.append(block)
+    try:
+        for block in blocks:
+            original = block.forward
+
+            def checkpointed(*args, _f=original, **kwargs):
+                return torch.utils.checkpoint.checkpoint(_f, *args, use_reentrant=False, **kwargs)
+
+            block.forward = checkpointed
+        yield len(blocks)
+    finally:
+        for block in blocks:
+            block.__dict__.pop("forward", None)
