@@ -7,7 +7,7 @@ widths, encoder identities, labels, defaults — comes from the table.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 
 import comfy.model_base
 import comfy.sd1_clip
@@ -15,49 +15,20 @@ import comfy.sdxl_clip
 import comfy.text_encoders.lumina2
 
 from ..dti.errors import UnsupportedModelError
-from ..dti.families import FAMILIES, Encoder, Family, TrainDefaults, supported_text
+from ..dti.families import FAMILIES, Family, supported_text
 from ..dti.templates import PLACEHOLDER
 
 
 @dataclass(frozen=True)
-class HostFamily:
-    """A family row with what ComfyUI adds: where its encoders sit and how its prompts are wrapped."""
+class HostFamily(Family):
+    """A family row plus what ComfyUI adds: where its encoders sit and how its prompts are wrapped."""
 
-    row: Family
-    attrs: dict[str, str]  # encoder key → attribute of clip.cond_stage_model and clip.tokenizer
+    attrs: dict[str, str] = field(default_factory=dict)  # encoder key → attribute of cond_stage_model and tokenizer
     prompt_wrapper: str = PLACEHOLDER  # text around every prompt, training and use alike
 
-    @property
-    def name(self) -> str:
-        return self.row.name
-
-    @property
-    def label(self) -> str:
-        return self.row.label
-
-    @property
-    def short(self) -> str:
-        return self.row.short
-
-    @property
-    def encoders(self) -> tuple[Encoder, ...]:
-        return self.row.encoders
-
-    @property
-    def defaults(self) -> TrainDefaults:
-        return self.row.defaults
-
-    @property
-    def combine(self) -> str:
-        return self.row.combine
-
-    @property
-    def identical_prompt_batches(self) -> bool:
-        return self.row.identical_prompt_batches
-
-    @property
-    def stock_embedding_prompts(self) -> bool:
-        return self.row.stock_embedding_prompts
+    @classmethod
+    def of(cls, row: Family, attrs: dict[str, str], prompt_wrapper: str = PLACEHOLDER) -> HostFamily:
+        return cls(**{f.name: getattr(row, f.name) for f in fields(Family)}, attrs=attrs, prompt_wrapper=prompt_wrapper)
 
     def attr(self, key: str) -> str:
         return self.attrs[key]
@@ -76,10 +47,10 @@ def _lumina2_system_prompt() -> str:
 
 
 HOST_FAMILIES: dict[str, HostFamily] = {
-    "sdxl": HostFamily(FAMILIES["sdxl"], {"clip_l": "clip_l", "clip_g": "clip_g"}),
-    "sd1": HostFamily(FAMILIES["sd1"], {"clip_l": "clip_l"}),
-    "lumina2": HostFamily(FAMILIES["lumina2"], {"gemma": "gemma2_2b"}, prompt_wrapper=_lumina2_system_prompt()),
-    "sana": HostFamily(FAMILIES["sana"], {"gemma": "text_encoder"}),  # an HF Gemma2 in ExtraModels' GEMMA dict
+    "sdxl": HostFamily.of(FAMILIES["sdxl"], {"clip_l": "clip_l", "clip_g": "clip_g"}),
+    "sd1": HostFamily.of(FAMILIES["sd1"], {"clip_l": "clip_l"}),
+    "lumina2": HostFamily.of(FAMILIES["lumina2"], {"gemma": "gemma2_2b"}, prompt_wrapper=_lumina2_system_prompt()),
+    "sana": HostFamily.of(FAMILIES["sana"], {"gemma": "text_encoder"}),  # an HF Gemma2 in ExtraModels' GEMMA dict
 }
 
 

@@ -103,7 +103,7 @@ def train_concept(
             denoise = ModelDenoiseSide(patcher, patcher.load_device, identical_prompt_batches=family.identical_prompt_batches)
             sampler = BatchSampler(examples, s.batch_size, crop, down, TEMPLATES[s.templates],
                                    random_crop=s.random_crop, flip=s.flip, seed=s.seed)
-            trainer = Trainer(text, denoise, sampler, s, device=encoder.device, family=family.row)
+            trainer = Trainer(text, denoise, sampler, s, device=encoder.device, family=family)
             if resume_state is not None:
                 trainer.load_state_dict(resume_state)
             return _run(trainer, family, s, node_id, on_step, text)

@@ -83,11 +83,6 @@ class EncoderConcept:
             raise ValueError(f"target norm must be positive, got {m_star!r}")
         return replace(self, norms=torch.full_like(self.norms, float(m_star)), m_star=float(m_star), exact=None)
 
-    def is_fixed_norm(self, rtol: float = 1e-5) -> bool:
-        if self.m_star is None:
-            return False
-        return bool(torch.allclose(self.norms, torch.full_like(self.norms, self.m_star), rtol=rtol, atol=0))
-
 
 @dataclass
 class Concept:

@@ -231,36 +231,44 @@ class DTITrainOptions(io.ComfyNode):
         return io.NodeOutput(dict(values))
 
 
-class DTITrain(io.ComfyNode):
+
+
+
+class _TrainNode(io.ComfyNode):
+    """What DTI Train and its legacy form share: the schema's frame, the queue-time checks, the run."""
+
     @classmethod
-    def define_schema(cls) -> io.Schema:
-        return io.Schema(
-            node_id="DTITrainConcept",
-            display_name="DTI Train",
-            category="DTI",
-            description=DESCRIPTION + " More settings: connect DTI Train Options.",
-            is_experimental=True,
-            is_output_node=True,
-            is_input_list=True,
-            inputs=[*main_inputs(), in_steps(), in_learning_rate(), in_resolution(),
-                    OptionsSocket.Input("options", optional=True,
-                                        tooltip="DTI Train Options; unconnected, every other setting is the family default.")],
-            outputs=_outputs(),
-            hidden=[io.Hidden.unique_id],
-        )
+    def schema(cls, node_id: str, display_name: str, description: str, inputs: list, deprecated: bool = False) -> io.Schema:
+        return io.Schema(node_id=node_id, display_name=display_name, category="DTI", description=description,
+                         is_experimental=True, is_output_node=True, is_input_list=True, is_deprecated=deprecated,
+                         inputs=inputs, outputs=_outputs(), hidden=[io.Hidden.unique_id])
 
     @classmethod
     def validate_inputs(cls, name, initializer) -> bool | str:
         return check_name_and_initializer(name, initializer)
 
     @classmethod
-    def execute(cls, model, clip, vae, images, prompt, options=None, **values) -> io.NodeOutput:
-        values = {k: _one(v) for k, v in values.items()}
-        settings = settings_from_inputs({**(_one(options) or {}), **values})
+    def run(cls, model, clip, vae, images, prompt, values: dict) -> io.NodeOutput:
+        settings = settings_from_inputs({k: _one(v) for k, v in values.items()})
         return run_training(cls, _one(model), _one(clip), _one(vae), images, settings, _one(prompt))
 
 
-class DTITrainLegacy(io.ComfyNode):
+class DTITrain(_TrainNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return cls.schema(
+            "DTITrainConcept", "DTI Train", DESCRIPTION + " More settings: connect DTI Train Options.",
+            [*main_inputs(), in_steps(), in_learning_rate(), in_resolution(),
+             OptionsSocket.Input("options", optional=True,
+                                 tooltip="DTI Train Options; unconnected, every other setting is the family default.")],
+        )
+
+    @classmethod
+    def execute(cls, model, clip, vae, images, prompt, options=None, **values) -> io.NodeOutput:
+        return cls.run(model, clip, vae, images, prompt, {**(_one(options) or {}), **values})
+
+
+class DTITrainLegacy(_TrainNode):
     """The first DTI Train (node id DTITrain), kept so saved graphs load and run with the same meaning.
 
     Its number inputs used 0 (kappa: -1) for "family default"; they are mapped to DEFAULT here.
@@ -270,25 +278,14 @@ class DTITrainLegacy(io.ComfyNode):
 
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return io.Schema(
-            node_id="DTITrain",
-            display_name="DTI Train (legacy, all settings on one node)",
-            category="DTI",
-            description=DESCRIPTION + " Kept for graphs saved with the first version; new graphs use DTI Train + DTI Train Options.",
-            is_experimental=True,
-            is_output_node=True,
-            is_input_list=True,
-            is_deprecated=True,
-            inputs=[*main_inputs(), in_steps(0), in_learning_rate(0.0), in_kappa(), *common_option_inputs(),
-                    in_batch_size(0), in_grad_accum(0), in_resolution(0), *image_option_inputs(),
-                    in_vectors(0), *run_option_inputs()],
-            outputs=_outputs(),
-            hidden=[io.Hidden.unique_id],
+        return cls.schema(
+            "DTITrain", "DTI Train (legacy, all settings on one node)",
+            DESCRIPTION + " Kept for graphs saved with the first version; new graphs use DTI Train + DTI Train Options.",
+            [*main_inputs(), in_steps(0), in_learning_rate(0.0), in_kappa(), *common_option_inputs(),
+             in_batch_size(0), in_grad_accum(0), in_resolution(0), *image_option_inputs(), in_vectors(0),
+             *run_option_inputs()],
+            deprecated=True,
         )
-
-    @classmethod
-    def validate_inputs(cls, name, initializer) -> bool | str:
-        return check_name_and_initializer(name, initializer)
 
     @classmethod
     def execute(cls, model, clip, vae, images, prompt, **values) -> io.NodeOutput:
@@ -296,4 +293,4 @@ class DTITrainLegacy(io.ComfyNode):
         for key in cls.LEGACY_ZERO_IS_DEFAULT:
             if values.get(key) == 0:
                 values[key] = DEFAULT
-        return run_training(cls, _one(model), _one(clip), _one(vae), images, settings_from_inputs(values), _one(prompt))
+        return cls.run(model, clip, vae, images, prompt, values)

@@ -225,8 +225,8 @@ TRAIN_NODES = ("DTITrainConcept", "DTITrainOptions")
 def train_nodes(g: Graph, pos: tuple[int, int], name: str, prompt: str) -> int:
     """DTI Train with a DTI Train Options node (every setting at its default) wired into it."""
     x, y = pos
-    train = g.add("DTITrainConcept", (x, y), size=(380, 420), name=name, initializer="dog", prompt=prompt)
-    options = g.add("DTITrainOptions", (x, y + 470), size=(380, 560))
+    train = g.add("DTITrainConcept", (x, y), size=(380, 560), name=name, initializer="dog", prompt=prompt)
+    options = g.add("DTITrainOptions", (x, y + 620), size=(380, 560))
     g.link(options, 0, train, "options")
     return train
 

@@ -14,7 +14,7 @@ def test_from_vectors_splits_direction_and_norm():
     assert torch.allclose(e.vectors(), v)
     r = e.rescaled(0.4)
     assert torch.allclose(r.vectors().norm(dim=-1), torch.tensor([0.4, 0.4]))
-    assert torch.allclose(r.directions, e.directions) and r.is_fixed_norm()
+    assert torch.allclose(r.directions, e.directions) and torch.allclose(r.norms, torch.full_like(r.norms, r.m_star), rtol=1e-5, atol=0)
 
 
 @pytest.mark.parametrize("kwargs, match", [
