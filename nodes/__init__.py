@@ -7,6 +7,7 @@ from typing_extensions import override
 
 from .inspector import DTINormInspector
 from .load import DTILoadEmbedding
+from .pool_export import POOL_NODES
 from .sana_options import DTISanaInstruction
 from .save import DTISaveConcept
 from .slerp import DTISlerpConcepts
@@ -16,7 +17,7 @@ from .train import DTITrain
 class DTIExtension(ComfyExtension):
     @override
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
-        return [DTITrain, DTILoadEmbedding, DTISlerpConcepts, DTINormInspector, DTISaveConcept, DTISanaInstruction]
+        return [DTITrain, DTILoadEmbedding, DTISlerpConcepts, DTINormInspector, DTISaveConcept, DTISanaInstruction, *POOL_NODES]
 
 
 async def comfy_entrypoint() -> DTIExtension:
