@@ -3,6 +3,7 @@ temp, models/embeddings), with the pack and the test-only tiny-model nodes in cu
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sys
@@ -10,6 +11,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "support"))
 from browser import ComfyServer  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 class PoolServer(ComfyServer):
@@ -46,3 +49,31 @@ class PoolServer(ComfyServer):
     def files(self, folder: str) -> list[Path]:
         root = self.base / folder
         return sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else []
+
+
+def png(path: Path, seed: int, size: int = 64) -> None:
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    low = rng.random((size // 16, size // 16, 3))
+    Image.fromarray((np.kron(low, np.ones((16, 16, 1))) * 255).astype("uint8")).save(path)
+
+
+def make_workspace(root: Path, subjects: dict[str, str], methods: list[str], steps: int, extra: str = "") -> Path:
+    """Images, a graph with the tiny loader in place of CheckpointLoaderSimple, and a manifest."""
+    graph = json.loads((REPO / "workflows" / "api" / "dti_train_api.json").read_text())
+    loader = next(k for k, n in graph.items() if n["class_type"] == "CheckpointLoaderSimple")
+    graph[loader] = {"class_type": "DTITestTinyCheckpoint", "inputs": {"ckpt_name": "tiny", "family": "sd1"}}
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "tiny_graph.json").write_text(json.dumps(graph))
+    lines = ['graph = "tiny_graph.json"', "[defaults]", f"methods = {json.dumps(methods)}", f"steps = {steps}",
+             "resolution = 64", "batch_size = 2", extra]
+    for i, (name, init) in enumerate(subjects.items()):
+        folder = root / name
+        folder.mkdir(exist_ok=True)
+        for k in range(2):
+            png(folder / f"{k}.png", seed=10 * i + k)
+        lines += ["[[subjects]]", f'name = "{name}"', f'images = "{name}"', f'initializer = "{init}"']
+    (root / "manifest.toml").write_text("\n".join(lines) + "\n")
+    return root / "manifest.toml"

@@ -18,7 +18,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "support"))
 import tiny_comfy  # noqa: E402
-from servers import PoolServer  # noqa: E402
+from servers import PoolServer, make_workspace  # noqa: E402
 
 from tools.dti_pool import results  # noqa: E402
 from tools.dti_pool.comfy_http import ComfyClient  # noqa: E402
@@ -27,7 +27,6 @@ from tools.dti_pool.manifest import load_manifest  # noqa: E402
 from tools.dti_pool.scheduler import Pool  # noqa: E402
 
 COMFY = tiny_comfy.find_comfyui()
-REPO = Path(__file__).resolve().parents[2]
 pytestmark = [
     pytest.mark.skipif(COMFY is None, reason=tiny_comfy.SKIP_REASON),
     pytest.mark.skipif(importlib.util.find_spec("aiohttp") is None or importlib.util.find_spec("torch") is None,
@@ -63,34 +62,6 @@ def servers():
         s.stop()
 
 
-def _png(path: Path, seed: int, size: int = 64) -> None:
-    import numpy as np
-    from PIL import Image
-
-    rng = np.random.default_rng(seed)
-    low = rng.random((size // 16, size // 16, 3))
-    Image.fromarray((np.kron(low, np.ones((16, 16, 1))) * 255).astype("uint8")).save(path)
-
-
-def _workspace(root: Path, subjects: dict[str, str], methods: list[str], extra: str = "") -> Path:
-    """Images, a graph with the tiny loader in place of CheckpointLoaderSimple, and a manifest."""
-    graph = json.loads((REPO / "workflows" / "api" / "dti_train_api.json").read_text())
-    loader = next(k for k, n in graph.items() if n["class_type"] == "CheckpointLoaderSimple")
-    graph[loader] = {"class_type": "DTITestTinyCheckpoint", "inputs": {"ckpt_name": "tiny", "family": "sd1"}}
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "tiny_graph.json").write_text(json.dumps(graph))
-    lines = ['graph = "tiny_graph.json"', "[defaults]", f"methods = {json.dumps(methods)}", f"steps = {STEPS}",
-             "resolution = 64", "batch_size = 2", extra]
-    for i, (name, init) in enumerate(subjects.items()):
-        folder = root / name
-        folder.mkdir(exist_ok=True)
-        for k in range(2):
-            _png(folder / f"{k}.png", seed=10 * i + k)
-        lines += ["[[subjects]]", f'name = "{name}"', f'images = "{name}"', f'initializer = "{init}"']
-    (root / "manifest.toml").write_text("\n".join(lines) + "\n")
-    return root / "manifest.toml"
-
-
 def _train_prompts(server: PoolServer) -> int:
     history = ComfyClient(server.url).get_json("/history")
     return sum(any(n["class_type"] == "DTITrain" for n in h["prompt"][2].values()) for h in history.values())
@@ -104,7 +75,7 @@ def _leftovers(server: PoolServer) -> list[Path]:
 
 
 def test_unknown_setting_is_refused_before_anything_is_submitted(servers, tmp_path):
-    manifest = load_manifest(_workspace(tmp_path, {"cat": "cat"}, ["dti"], extra="stepz = 5"))
+    manifest = load_manifest(make_workspace(tmp_path, {"cat": "cat"}, ["dti"], STEPS, extra="stepz = 5"))
     before = [_train_prompts(s) for s in servers]
     with pytest.raises(GraphError) as err:
         Pool(manifest, [s.url for s in servers], tmp_path / "out", log=lambda _: None).run()
@@ -115,7 +86,7 @@ def test_unknown_setting_is_refused_before_anything_is_submitted(servers, tmp_pa
 
 
 def test_a_job_failing_for_its_own_reasons_is_reported_and_does_not_block_the_others(servers, tmp_path):
-    path = _workspace(tmp_path, {"good": "cat", "broken": "dog"}, ["dti"])
+    path = make_workspace(tmp_path, {"good": "cat", "broken": "dog"}, ["dti"], STEPS)
     (tmp_path / "broken" / "1.png").write_bytes(b"this is not a PNG")
     lines: list[str] = []
     rows = Pool(load_manifest(path), [s.url for s in servers], tmp_path / "out", poll_s=0.5, log=lines.append).run()
@@ -135,7 +106,7 @@ def test_killed_server_jobs_finish_elsewhere_exactly_once_and_a_rerun_skips_them
     from dti import formats
 
     first, second = servers
-    path = _workspace(tmp_path, {"cat": "cat", "dog": "dog", "car": "car"}, ["dti", "ti"])
+    path = make_workspace(tmp_path, {"cat": "cat", "dog": "dog", "car": "car"}, ["dti", "ti"], STEPS)
     manifest = load_manifest(path)
     names = {j.name for j in manifest.jobs}
     assert len(names) == 6
