@@ -11,6 +11,7 @@ import importlib.util
 import json
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -97,6 +98,55 @@ def test_a_job_failing_for_its_own_reasons_is_reported_and_does_not_block_the_ot
     assert "LoadImageSetFromFolderNode" in bad["error"] and "cannot identify image file" in bad["error"]
     table = json.loads((tmp_path / "out" / "results.json").read_text())
     assert {r["subject"]: r["status"] for r in table} == {"good": "done", "broken": "failed"}
+    assert not any(_leftovers(s) for s in servers), [_leftovers(s) for s in servers]
+
+
+def test_ctrl_c_withdraws_only_this_runs_prompts_and_cleans_up(servers, tmp_path):
+    path = make_workspace(tmp_path, {"cat": "cat", "dog": "dog"}, ["dti", "ti"], 400)
+    first = servers[0]
+    # Another client's prompt waits on the first server: cancelling must leave it alone.
+    other = ComfyClient(first.url)
+    foreign = make_workspace(tmp_path / "other", {"other": "cat"}, ["dti"], 3)
+    seen: list[str] = []
+
+    def ctrl_c(slot, msg):
+        if msg.get("type") == "progress" and msg["data"].get("value", 0) >= 1:
+            if not seen:
+                seen.append(msg["data"]["prompt_id"])
+                foreign_prompt = json.loads((foreign.parent / "tiny_graph.json").read_text())
+                for node in foreign_prompt.values():
+                    node.pop("_meta", None)
+                    for k, v in node["inputs"].items():
+                        if isinstance(v, str):
+                            node["inputs"][k] = {"{{job_name}}": "foreign", "{{image_folder}}": "dti_pool/foreign"}.get(v, v)
+                    if node["class_type"] == "DTITrain":
+                        node["inputs"].update(steps=3, resolution=64, batch_size=2)
+                for png in sorted((foreign.parent / "other").glob("*.png")):
+                    other.upload_image(png, "dti_pool/foreign")
+                other.submit(foreign_prompt, "foreign-prompt", "someone-else")
+                raise KeyboardInterrupt
+
+    pool = Pool(load_manifest(path), [s.url for s in servers], tmp_path / "out", poll_s=0.5, log=lambda _: None, observer=ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        pool.run()
+    ours = [pid for slot in pool.slots for pid in slot.abandoned] + seen
+    assert seen
+    for s in servers:
+        running, pending = ComfyClient(s.url).queue()
+        assert not set(running + pending) & set(ours)
+    interrupted = ComfyClient(servers[0].url if seen[0] in ComfyClient(servers[0].url).get_json("/history") else servers[1].url)
+    status = interrupted.history(seen[0])["status"]
+    assert any(m[0] == "execution_interrupted" for m in status["messages"])
+    table = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert len(table) == 4 and {r["status"] for r in table} == {"cancelled"}
+    # The other client's prompt was neither deleted nor interrupted: it runs to the end.
+    deadline = time.monotonic() + 60
+    while other.history("foreign-prompt") is None and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert other.history("foreign-prompt")["status"]["status_str"] == "success"
+    other.submit({"1": {"class_type": "DTIPoolCleanup", "inputs": {"folder": "dti_pool/foreign"}}}, "foreign-cleanup", "x")
+    while other.history("foreign-cleanup") is None and time.monotonic() < deadline:
+        time.sleep(0.2)
     assert not any(_leftovers(s) for s in servers), [_leftovers(s) for s in servers]
 
 
