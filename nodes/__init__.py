@@ -7,6 +7,7 @@ from typing_extensions import override
 from .api import ComfyExtension, io
 from .inspector import DTINormInspector
 from .load import DTILoadEmbedding
+from .pool_export import POOL_NODES
 from .sana_instruction import DTISanaInstruction
 from .save import DTISaveConcept
 from .slerp import DTISlerpConcepts
@@ -14,7 +15,7 @@ from .train import DTITrain, DTITrainLegacy, DTITrainOptions
 
 NODES: list[type[io.ComfyNode]] = [
     DTITrain, DTITrainOptions, DTILoadEmbedding, DTISlerpConcepts, DTINormInspector, DTISaveConcept, DTISanaInstruction,
-    DTITrainLegacy,
+    *POOL_NODES, DTITrainLegacy,
 ]
 
 
