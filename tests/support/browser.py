@@ -62,13 +62,17 @@ class ComfyServer:
     def embeddings(self) -> Path:
         return self.base / "models" / "embeddings"
 
-    def start(self, timeout: float = 120) -> ComfyServer:
+    def launch(self) -> ComfyServer:
+        """Start main.py without waiting for it (several servers can boot side by side)."""
         cmd = [self.python, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
                "--base-directory", str(self.base), "--disable-auto-launch", "--disable-metadata"]
         if self.front_end_root is not None:
             cmd += ["--front-end-root", str(self.front_end_root)]
         env = dict(os.environ, DTI_TEST_SUPPORT=str(Path(__file__).resolve().parent))
         self.proc = subprocess.Popen(cmd, cwd=self.root, stdout=open(self.log, "w"), stderr=subprocess.STDOUT, env=env)
+        return self
+
+    def wait_ready(self, timeout: float = 120) -> ComfyServer:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -80,6 +84,9 @@ class ComfyServer:
             except OSError:
                 time.sleep(0.5)
         raise TimeoutError(f"ComfyUI did not answer on {self.url}:\n{self.log.read_text()[-3000:]}")
+
+    def start(self, timeout: float = 120) -> ComfyServer:
+        return self.launch().wait_ready(timeout)
 
     def import_failures(self) -> list[str]:
         return [line for line in self.log.read_text().splitlines() if "IMPORT FAILED" in line]

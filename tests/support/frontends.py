@@ -54,11 +54,22 @@ def installed_version(target: Path) -> str | None:
     return infos[-1].name.removeprefix("comfyui_frontend_package-").removesuffix(".dist-info") if infos else None
 
 
-def ensure(front: FrontEnd, python: str = sys.executable, timeout: float = 300) -> tuple[Path | None, str]:
-    """(the --front-end-root to pass or None for the pinned one, a description) — installing the
-    front end into the cache on first use. Raises RuntimeError, saying why, when it cannot be had."""
+def pinned_version() -> str | None:
+    """The front end installed beside ComfyUI (the tests run in the workspace's Python)."""
+    from importlib import metadata
+
+    try:
+        return metadata.version(PACKAGE)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def ensure(front: FrontEnd, python: str = sys.executable, timeout: float = 300) -> tuple[Path | None, str | None]:
+    """(the --front-end-root to pass, None for the pinned one; the version the page should report)
+    — installing the front end into the cache on first use. Raises RuntimeError, saying why, when it
+    cannot be had."""
     if front.series is None:
-        return None, "the front end the ComfyUI workspace pins"
+        return None, pinned_version()
     target = cache_root() / f"frontend-{front.series}"
     if not (static_folder(target) / "index.html").is_file():
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -75,21 +86,23 @@ def ensure(front: FrontEnd, python: str = sys.executable, timeout: float = 300) 
             shutil.rmtree(staging, ignore_errors=True)
             tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
             raise RuntimeError(f"could not install {front.requirement} into {target} (no network?): {tail[0]}")
-        shutil.rmtree(target, ignore_errors=True)
-        staging.rename(target)
-    return static_folder(target), f"{PACKAGE} {installed_version(target)} from {target}"
+        if (static_folder(target) / "index.html").is_file():  # another test run installed it meanwhile
+            shutil.rmtree(staging, ignore_errors=True)
+        else:
+            shutil.rmtree(target, ignore_errors=True)
+            staging.rename(target)
+    return static_folder(target), installed_version(target)
 
 
 def main() -> None:
     """Install every non-pinned front end into the cache (tests/run.sh calls this before pytest)."""
     for front in ALL:
         try:
-            root, what = ensure(front)
+            root, version = ensure(front)
         except RuntimeError as e:
             print(f"front end {front.name}: {e}; its web tests will skip")
             continue
-        if root is not None:
-            print(f"front end {front.name}: {what}")
+        print(f"front end {front.name}: {PACKAGE} {version} at {root or 'the workspace default'}")
 
 
 if __name__ == "__main__":

@@ -61,21 +61,34 @@ def converted():
     return out
 
 
-@pytest.fixture(scope="module", params=frontends.ALL, ids=lambda f: f"frontend-{f.name}")
-def server(request):
-    try:
-        front_end_root, what = frontends.ensure(request.param)
-    except RuntimeError as e:
-        pytest.skip(f"front end {request.param.name}: {e}")
+@pytest.fixture(scope="module")
+def servers():
+    """One ComfyUI per front end, all launched at once so they boot side by side; a front end that
+    cannot be installed maps to the reason instead."""
     extra = tiny_comfy.extramodels_path(COMFY)
-    srv = br.ComfyServer(COMFY, extra_nodes=(extra,) if extra else (), front_end_root=front_end_root)
-    srv.front = request.param.name
-    srv.has_extramodels = extra is not None
-    _write_user_files(srv)
-    srv.start()
-    print(f"ComfyUI on {srv.url} with {what}")
-    yield srv
-    srv.stop()
+    out: dict[str, br.ComfyServer | str] = {}
+    for front in frontends.ALL:
+        try:
+            front_end_root, version = frontends.ensure(front)
+        except RuntimeError as e:
+            out[front.name] = f"front end {front.name}: {e}"
+            continue
+        srv = br.ComfyServer(COMFY, extra_nodes=(extra,) if extra else (), front_end_root=front_end_root)
+        srv.front, srv.front_version, srv.has_extramodels = front.name, version, extra is not None
+        _write_user_files(srv)
+        out[front.name] = srv.launch()
+    yield out
+    for srv in out.values():
+        if isinstance(srv, br.ComfyServer):
+            srv.stop()
+
+
+@pytest.fixture(scope="module", params=frontends.ALL, ids=lambda f: f"frontend-{f.name}")
+def server(request, servers):
+    srv = servers[request.param.name]
+    if isinstance(srv, str):
+        pytest.skip(srv)
+    return srv.wait_ready()
 
 
 def _write_user_files(server: br.ComfyServer) -> None:
@@ -122,12 +135,26 @@ def page(server):
     p.close()
 
 
+async def forget_runs(b: br.Browser) -> None:
+    """Empty what web/dti.js keeps of earlier runs on this page, so a wait cannot pass on an old report
+    (node ids repeat across workflows). Emptied in place: the extension holds the same objects."""
+    await b.evaluate("(() => { const s = window.__comfyui_dti; for (const d of [s.train, s.reports]) "
+                     "for (const k of Object.keys(d)) delete d[k]; return true; })()")
+
+
 def screenshot_path(server: br.ComfyServer, name: str) -> Path:
     return ARTIFACTS / f"web_{server.front}_{name}.png"
 
 
 def test_pack_loads_in_the_server_without_import_failures(server):
     assert not [f for f in server.import_failures() if "DTI" in f or "dti" in f]
+
+
+def test_page_runs_the_front_end_under_test(server, page):
+    """--front-end-root is honoured: the page reports the version installed for this run."""
+    if server.front_version is None:
+        pytest.skip("the workspace's front-end package version is unknown to this Python")
+    assert page.run(page.browser.evaluate("window.__COMFYUI_FRONTEND_VERSION__")) == server.front_version
 
 
 @pytest.mark.parametrize("name", EXAMPLES)
@@ -166,7 +193,7 @@ def test_live_chart_and_summary_on_dti_train(server, page, converted):
     b = page.browser
 
     async def scenario():
-        await br.open_comfy(b, server)  # a fresh page: no chart state from earlier loads
+        await forget_runs(b)
         assert await br.load_graph(b, wf, scale=0.62) == len(wf["nodes"])
         # the front end turns the workflow into the same prompt as the tests' converter
         front = await b.evaluate("window.app.graphToPrompt().then(p => p.output)")
@@ -201,7 +228,7 @@ def test_inspector_report_is_rendered_on_its_node(server, page, converted):
     b = page.browser
 
     async def scenario():
-        await br.open_comfy(b, server)  # a fresh page: no report state from earlier runs
+        await forget_runs(b)
         await br.load_graph(b, wf, scale=0.6)
         await b.evaluate("window.app.queuePrompt(0, 1)")
         cond = " && ".join(f"window.__comfyui_dti.reports['{i}']" for i in inspector_ids)
