@@ -157,6 +157,25 @@ def test_page_runs_the_front_end_under_test(server, page):
     assert page.run(page.browser.evaluate("window.__COMFYUI_FRONTEND_VERSION__")) == server.front_version
 
 
+def test_canvas_check_sees_the_templates_dialog(server, page):
+    """The check before each screenshot must notice a dialog over the graph in this front end (1.58
+    replaced the PrimeVue dialogs the first version of these tests closed), and dismissing must work."""
+    b = page.browser
+
+    async def scenario():
+        await b.evaluate("window.app.extensionManager.command.execute('Comfy.BrowseTemplates')")
+        await b.wait_for(br.VISIBLE_DIALOGS + ".length > 0", 10, "the templates dialog")
+        with pytest.raises(AssertionError, match="dialog covers the graph"):
+            await br.assert_canvas_visible(b)
+        covered = (await b.evaluate(br.CANVAS_COVER))["covered"]  # the second line of defence sees it too
+        closed = await br.dismiss_dialogs(b)
+        await br.assert_canvas_visible(b)
+        return covered, closed
+
+    covered, closed = page.run(scenario())
+    assert covered and closed
+
+
 @pytest.mark.parametrize("name", EXAMPLES)
 def test_example_workflow_loads_with_the_extension(server, page, name):
     """What a user sees on dragging a shipped example into the front end: every node known, the
