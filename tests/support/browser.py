@@ -41,9 +41,11 @@ def free_port() -> int:
 class ComfyServer:
     """ComfyUI's main.py in a temporary base directory: the pack and the test nodes in custom_nodes."""
 
-    def __init__(self, comfy_root: Path, python: str = sys.executable, extra_nodes: tuple[Path, ...] = ()) -> None:
+    def __init__(self, comfy_root: Path, python: str = sys.executable, extra_nodes: tuple[Path, ...] = (),
+                 front_end_root: Path | None = None) -> None:
         self.root = comfy_root
         self.python = python
+        self.front_end_root = front_end_root  # None: the front end the workspace pins
         self.base = Path(tempfile.mkdtemp(prefix="dti-comfy-"))
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -60,11 +62,17 @@ class ComfyServer:
     def embeddings(self) -> Path:
         return self.base / "models" / "embeddings"
 
-    def start(self, timeout: float = 120) -> ComfyServer:
+    def launch(self) -> ComfyServer:
+        """Start main.py without waiting for it (several servers can boot side by side)."""
         cmd = [self.python, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
                "--base-directory", str(self.base), "--disable-auto-launch", "--disable-metadata"]
+        if self.front_end_root is not None:
+            cmd += ["--front-end-root", str(self.front_end_root)]
         env = dict(os.environ, DTI_TEST_SUPPORT=str(Path(__file__).resolve().parent))
         self.proc = subprocess.Popen(cmd, cwd=self.root, stdout=open(self.log, "w"), stderr=subprocess.STDOUT, env=env)
+        return self
+
+    def wait_ready(self, timeout: float = 120) -> ComfyServer:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -76,6 +84,9 @@ class ComfyServer:
             except OSError:
                 time.sleep(0.5)
         raise TimeoutError(f"ComfyUI did not answer on {self.url}:\n{self.log.read_text()[-3000:]}")
+
+    def start(self, timeout: float = 120) -> ComfyServer:
+        return self.launch().wait_ready(timeout)
 
     def import_failures(self) -> list[str]:
         return [line for line in self.log.read_text().splitlines() if "IMPORT FAILED" in line]
@@ -191,12 +202,77 @@ LOAD_GRAPH = """(async () => {
 })()"""
 
 
+# Dialogs as both front-end generations build them: PrimeVue (.p-dialog) up to 1.2x, role=dialog later.
+VISIBLE_DIALOGS = """(() => [...document.querySelectorAll('[role=dialog], [role=alertdialog], .p-dialog, .p-dialog-mask')]
+  .filter(e => {
+    const r = e.getBoundingClientRect(), s = getComputedStyle(e);
+    return r.width > 0 && r.height > 0 && s.visibility !== 'hidden' && s.display !== 'none' && e.dataset.state !== 'closed';
+  })
+  .map(e => ((e.getAttribute('aria-label') || e.innerText || e.className) + '').trim().split('\\n')[0].slice(0, 60)))()"""
+
+# What the page shows at a grid of points over the graph canvas: the canvas itself, or what covers it.
+CANVAS_COVER = """(() => {
+  const c = window.app.canvas.canvas, r = c.getBoundingClientRect(), seen = [];
+  for (const fx of [0.2, 0.5, 0.8]) for (const fy of [0.25, 0.5, 0.75]) {
+    const e = document.elementFromPoint(r.left + fx * r.width, r.top + fy * r.height);
+    if (!e || e === c || e.closest('.dom-widget, [data-dti-chart], [data-dti-report]') || c.parentElement.contains(e)) continue;
+    seen.push(e.tagName.toLowerCase() + (e.id ? '#' + e.id : '') + ' ' + ((e.closest('[role=dialog], .p-dialog') || e).innerText || '')
+      .trim().split('\\n')[0].slice(0, 40));
+  }
+  return {width: r.width, height: r.height, covered: seen};
+})()"""
+
+
+async def press_escape(browser: Browser) -> None:
+    for kind in ("keyDown", "keyUp"):
+        await browser.call("Input.dispatchKeyEvent", type=kind, key="Escape", code="Escape", windowsVirtualKeyCode=27)
+
+
+async def dismiss_dialogs(browser: Browser, timeout: float = 10) -> list[str]:
+    """Close every open dialog (close button, then Escape) until none is left; the titles it closed.
+    Raises TimeoutError naming the dialogs that stay open."""
+    closed: list[str] = []
+    deadline = time.monotonic() + timeout
+    while True:
+        open_now = await browser.evaluate(VISIBLE_DIALOGS)
+        if not open_now:
+            return closed
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"dialogs stay open over the graph: {open_now}")
+        closed += [t for t in open_now if t not in closed]
+        await browser.evaluate("document.querySelectorAll('.p-dialog-close-button, [role=dialog] button[aria-label=Close]')"
+                               ".forEach(b => b.click()); true")
+        await press_escape(browser)
+        await asyncio.sleep(0.3)
+
+
+async def assert_canvas_visible(browser: Browser) -> None:
+    """Fail unless no dialog is open and the graph canvas (or a node's own widget) is what shows
+    across the page: the check a screenshot's size cannot make."""
+    dialogs = await browser.evaluate(VISIBLE_DIALOGS)
+    assert not dialogs, f"a dialog covers the graph: {dialogs}"
+    view = await browser.evaluate(CANVAS_COVER)
+    assert view["width"] > 0.5 * browser.width and view["height"] > 0.5 * browser.height, f"the graph canvas is small: {view}"
+    assert not view["covered"], f"something covers the graph canvas: {view['covered']}"
+
+
+async def element_shows(browser: Browser, selector: str) -> bool:
+    """Whether the element is on the page with an area and is what shows at its own centre."""
+    return await browser.evaluate(f"""(() => {{
+      const e = document.querySelector({json.dumps(selector)});
+      if (!e) return false;
+      const r = e.getBoundingClientRect();
+      if (r.width < 10 || r.height < 10) return false;
+      const top = document.elementFromPoint(r.left + r.width / 2, r.top + r.height / 2);
+      return !!top && (top === e || e.contains(top));
+    }})()""")
+
+
 async def open_comfy(browser: Browser, server: ComfyServer) -> None:
     await browser.goto(server.url)
     await browser.wait_for("!!(window.app && window.app.graph && window.app.canvas && window.__comfyui_dti)", 90,
                            "the ComfyUI front end with the DTI extension")
-    # close any first-run dialog the front end shows
-    await browser.evaluate("document.querySelectorAll('.p-dialog-close-button').forEach(b => b.click()); true")
+    await dismiss_dialogs(browser)  # the first-run templates browser; 1.58 ignores its close-button selector
 
 
 async def load_graph(browser: Browser, workflow: dict, scale: float = 0.75, offset=(10, 10)) -> int:
