@@ -47,7 +47,7 @@ class DTILoadEmbedding(io.ComfyNode):
         return file_fingerprint(embedding)  # re-execute when the file changes, even under the same name
 
     @classmethod
-    def validate_inputs(cls, embedding) -> bool | str:
+    def validate_inputs(cls, embedding, norm) -> bool | str:
         def exists() -> str | None:
             try:
                 resolve_embedding(embedding)
@@ -55,7 +55,7 @@ class DTILoadEmbedding(io.ComfyNode):
                 return str(e)
             return None
 
-        return validation.check(cls, {"embedding": embedding}, *([exists] if embedding is not None else []))
+        return validation.check(cls, {"embedding": embedding, "norm": norm}, *([exists] if embedding is not None else []))
 
     @classmethod
     def execute(cls, clip, embedding, prompt, norm) -> io.NodeOutput:

@@ -67,7 +67,7 @@ class DTISlerpConcepts(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, t, t_values=None, weights=None) -> bool | str:
+    def validate_inputs(cls, mode, t, t_values=None, weights=None) -> bool | str:
         def parses() -> str | None:
             try:
                 parse_t_values(t_values or "")
@@ -76,7 +76,7 @@ class DTISlerpConcepts(io.ComfyNode):
                 return str(e)
             return None
 
-        return validation.check(cls, {"t": t}, parses)
+        return validation.check(cls, {"mode": mode, "t": t}, parses)
 
     @classmethod
     def execute(cls, clip, concept_a, concept_b, prompt, mode, t, t_values="", concept_c=None, concept_d=None,

@@ -274,8 +274,10 @@ class DTITrainOptions(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, kappa, beta, magnitude_value) -> bool | str:
-        return validation.check(cls, {"kappa": kappa, "beta": beta, "magnitude_value": magnitude_value})
+    def validate_inputs(cls, kappa, beta, magnitude, magnitude_value, resize, templates, precision, resume, if_exists) -> bool | str:
+        return validation.check(cls, {"kappa": kappa, "beta": beta, "magnitude": magnitude, "magnitude_value": magnitude_value,
+                                      "resize": resize, "templates": templates, "precision": precision, "resume": resume,
+                                      "if_exists": if_exists})
 
     @classmethod
     def execute(cls, **values) -> io.NodeOutput:
@@ -301,8 +303,8 @@ class DTITrain(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, name, initializer, prompt, learning_rate) -> bool | str:
-        return validation.check(cls, {"learning_rate": learning_rate}, *train_checks(name, initializer, prompt))
+    def validate_inputs(cls, name, initializer, prompt, method, learning_rate) -> bool | str:
+        return validation.check(cls, {"method": method, "learning_rate": learning_rate}, *train_checks(name, initializer, prompt))
 
     @classmethod
     def execute(cls, model, clip, vae, images, prompt, options=None, **values) -> io.NodeOutput:
@@ -338,8 +340,11 @@ class DTITrainLegacy(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, name, initializer, prompt, learning_rate, kappa, magnitude_value, save, if_exists) -> bool | str:
-        values = {"learning_rate": learning_rate, "kappa": kappa, "magnitude_value": magnitude_value, "if_exists": if_exists}
+    def validate_inputs(cls, name, initializer, prompt, method, learning_rate, kappa, magnitude, magnitude_value, resize,
+                        templates, precision, resume, save, if_exists) -> bool | str:
+        values = {"method": method, "learning_rate": learning_rate, "kappa": kappa, "magnitude": magnitude,
+                  "magnitude_value": magnitude_value, "resize": resize, "templates": templates, "precision": precision,
+                  "resume": resume, "if_exists": if_exists}
         checks = train_checks(name, initializer, prompt)
         if _first(name) is not None and _first(if_exists) is not None:
             checks.append(lambda: existing_file_problem(_first(name), _first(if_exists), _first(save) is not False))

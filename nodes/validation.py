@@ -1,10 +1,11 @@
 """Queue-time checks of widget values against the node's own schema, for every node's validate_inputs.
 
-ComfyUI checks min, max and combo options itself, but skips every input that a node's
-validate_inputs names (execution.validate_inputs). A node that names an input to check more
-(a name, a NaN) therefore calls ``check`` here, which repeats ComfyUI's checks from the same
-schema — so no input ever loses them — and adds what ComfyUI does not check: NaN floats
-(NaN passes both `< min` and `> max`) and integer steps.
+ComfyUI checks min and max itself, but skips every input that a node's validate_inputs names
+(execution.validate_inputs), and it never checks the options of a V3 combo (their type is the
+string "COMBO", while ComfyUI only compares values against list-typed inputs). So every node
+names its combo and float inputs in validate_inputs and calls ``check`` here, which checks them
+against the same schema ComfyUI shows, and adds what ComfyUI does not check: options, NaN floats
+(NaN passes both `< min` and `> max`) and integer steps. tests/reliability keeps every node so.
 """
 
 from __future__ import annotations
@@ -66,6 +67,6 @@ def check(cls: type[io.ComfyNode], values: dict[str, Any], *more: Check) -> bool
     return problem or True
 
 
-def float_inputs(cls: type[io.ComfyNode]) -> list[str]:
-    """Names of the node's FLOAT inputs: each must be named in validate_inputs, or NaN would pass the queue."""
-    return [i.id for i in cls.define_schema().inputs if isinstance(i, io.Float.Input)]
+def must_be_named(cls: type[io.ComfyNode]) -> list[str]:
+    """The node's FLOAT and COMBO inputs: each must be named in validate_inputs, or NaN and unknown options pass the queue."""
+    return [i.id for i in cls.define_schema().inputs if isinstance(i, (io.Float.Input, io.Combo.Input))]
