@@ -10,6 +10,8 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
+from .errors import UnsupportedModelError
+
 POLICIES = ("mean", "median", "min", "max")
 PERCENTILES = (1, 5, 25, 50, 75, 95, 99)
 
@@ -59,7 +61,8 @@ def norm_stats(table: torch.Tensor, norms: torch.Tensor | None = None) -> NormSt
     norms = row_norms(table) if norms is None else norms.detach().float().cpu()
     norms = norms[norms > 0]
     if norms.numel() == 0:
-        raise ValueError("the token-embedding table has no non-zero rows; is the text encoder loaded?")
+        raise UnsupportedModelError("the token-embedding table has no non-zero rows; load the text encoder's weights (is it a "
+                                    "placeholder or an unloaded model?)")
     sorted_norms, _ = torch.sort(norms.double())
     pct = {p: float(torch.quantile(sorted_norms, p / 100.0)) for p in PERCENTILES}
     return NormStats(
@@ -171,7 +174,8 @@ def nearest_tokens(
     norms = norms.to(device=table.device, dtype=torch.float32)
     live = int((norms > 0).sum())
     if live == 0:
-        raise ValueError("the token-embedding table has no non-zero rows; is the text encoder loaded?")
+        raise UnsupportedModelError("the token-embedding table has no non-zero rows; load the text encoder's weights (is it a "
+                                    "placeholder or an unloaded model?)")
     k = max(1, min(int(k), live))
     pool = min(vocab, 4 * k + 32)
     q = queries.detach().to(device=table.device, dtype=torch.float32)

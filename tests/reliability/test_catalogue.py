@@ -197,7 +197,7 @@ def test_longest_allowed_name_is_written(pack, sdxl, embeddings, output):
     assert validate(train_prompt(name=name))[0]
     run_prompt(train_prompt(name=name, steps=1))
     run_prompt(train_prompt(name=name, steps=1, training_seed=7))  # the increment suffix fits too
-    assert sorted(p.name for p in embeddings.iterdir()) == [f"{name}.safetensors", f"{name}_2.safetensors"]
+    assert files_under(embeddings) == [f"{name}.safetensors", f"{name}_2.safetensors"]
 
 
 def test_if_exists_error_is_refused_at_queue_by_save_node(pack, sdxl, disk, embeddings):
