@@ -8,6 +8,7 @@ disk changed, or exactly and only the files the message says were kept.
 from __future__ import annotations
 
 import errno
+import json
 import math
 import os
 import pickle
@@ -57,7 +58,7 @@ def rows(n=1, seed=0):
 
 
 def write_raw(path: Path, header: dict, data: bytes = b"") -> None:
-    head = __import__("json").dumps(header).encode()
+    head = json.dumps(header).encode()
     path.write_bytes(struct.pack("<Q", len(head)) + head + data)
 
 
@@ -76,7 +77,7 @@ def _tampered_dti(p, pack):
     concept_mod = submodule(pack, "dti.concept")
     encoders = {k: concept_mod.EncoderConcept.from_vectors(v).rescaled(1.0) for k, v in rows().items()}
     formats.save_concept(concept_mod.Concept("t", encoders, method="dti"), p.parent, p.stem)
-    tensors, meta = safetensors.torch.load_file(str(p)), None
+    tensors = safetensors.torch.load_file(str(p))
     with safetensors.safe_open(str(p), "pt") as f:
         meta = f.metadata()
     safetensors.torch.save_file({k: v * 1.5 for k, v in tensors.items()}, str(p), metadata=meta)
@@ -198,6 +199,9 @@ def test_longest_allowed_name_is_written(pack, sdxl, embeddings, output):
     run_prompt(train_prompt(name=name, steps=1))
     run_prompt(train_prompt(name=name, steps=1, training_seed=7))  # the increment suffix fits too
     assert files_under(embeddings) == [f"{name}.safetensors", f"{name}_2.safetensors"]
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert (embeddings / f"{name}.safetensors").stat().st_mode & 0o777 == 0o666 & ~umask  # as any new file, not 0600
 
 
 def test_if_exists_error_is_refused_at_queue_by_save_node(pack, sdxl, disk, embeddings):
