@@ -19,6 +19,11 @@ def checkpoints_folder() -> Path:
     return Path(folder_paths.get_output_directory()) / "dti_checkpoints"
 
 
+def unsaved_folder() -> Path:
+    """Where trained vectors go when the embeddings folder refuses them (so a failed save loses nothing)."""
+    return Path(folder_paths.get_output_directory()) / "dti_unsaved"
+
+
 def checkpoint_choices() -> list[str]:
     """Resumable checkpoints under the checkpoints folder, relative paths."""
     root = checkpoints_folder()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import comfy.utils
 import torch
 
-from ..dti.errors import TrainingError
+from ..dti.errors import InputError, TrainingError
 from ..dti.settings import RESIZE_MODES
 from ..dti.trainer import LatentExample
 from .models import release
@@ -25,6 +25,12 @@ def flatten_images(images: list[torch.Tensor] | torch.Tensor) -> list[torch.Tens
         out.extend(b[i] for i in range(b.shape[0]))
     if not out:
         raise TrainingError("the image batch is empty: connect at least one training image")
+    bad = [i for i, img in enumerate(out) if not bool(torch.isfinite(img).all())]
+    if bad:
+        raise InputError(
+            f"training image(s) {bad[:10]} of {len(out)} contain NaN or infinite pixel values; fix the node that made "
+            "them (images are 0–1 floats) or leave them out"
+        )
     return out
 
 

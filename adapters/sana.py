@@ -123,7 +123,7 @@ class SanaTextSide:
 
     def prepare(self, prompt: str) -> _Prepared:
         if self._n_rows is None:
-            raise RuntimeError("bind_rows() must be called before encoding")
+            raise RuntimeError("bind_rows() must be called before encoding")  # a programming error, not the user's
         if prompt not in self._cache:
             self._cache[prompt] = self._tokenize(prompt)
         return self._cache[prompt]

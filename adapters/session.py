@@ -22,15 +22,15 @@ import torch
 from ..dti import checkpoint as ckpt
 from ..dti import formats
 from ..dti.concept import Concept
-from ..dti.errors import InputError, TrainingError
+from ..dti.errors import DTIError, InputError, SaveError
 from ..dti.settings import PRECISIONS, TrainSettings
 from ..dti.templates import TEMPLATES
-from ..dti.trainer import BatchSampler, Trainer, TrainResult
+from ..dti.trainer import BatchSampler, Trainer, TrainResult, initializer_rows
 from .autograd import gradient_checkpointing, make_autograd_ready
 from .clip_text import weights_hash
 from .denoise import ModelDenoiseSide
 from .families import HostFamily, check_model_matches
-from .folders import checkpoints_folder, embeddings_folder
+from .folders import checkpoints_folder, embeddings_folder, unsaved_folder
 from .images import flatten_images, prepare_examples, split_captions
 from .plots import training_plot
 from .progress import Progress, check_interrupted
@@ -83,18 +83,24 @@ def train_concept(
     settings: TrainSettings,
     node_id: str | None = None,
     on_step: Callable[[Trainer, Any], None] | None = None,
+    prompt: str | None = None,
 ) -> SessionResult:
-    """Train a concept on the user's MODEL, text encoder and VAE; ``settings`` may hold family defaults."""
+    """Train a concept on the user's MODEL, text encoder and VAE; ``settings`` may hold family defaults.
+
+    ``prompt`` is the prompt the caller encodes with the result: checked before training, like
+    everything else that can be known before the first step.
+    """
     encoder = text_encoder(clip)
     family = encoder.family
     check_model_matches(model, family)
     s = resolve_settings(settings, family)
+    imgs = flatten_images(images)
+    captions = split_captions(s.captions, len(imgs))
+    preflight(encoder, s, prompt)
 
     with torch.inference_mode(False), torch.enable_grad():
         # Read inside: tensors created under the executor's inference mode could not be updated in place.
         resume_state = ckpt.load_checkpoint(s.resume) if s.resume else None
-        imgs = flatten_images(images)
-        captions = split_captions(s.captions, len(imgs))
         examples, crop, down = prepare_examples(imgs, vae, model, s.resolution, s.resize, s.flip, captions)
         with (
             training_models(model, encoder, s.precision, s.gradient_checkpointing) as patcher,
@@ -107,6 +113,21 @@ def train_concept(
             if resume_state is not None:
                 trainer.load_state_dict(resume_state)
             return _run(trainer, family, s, node_id, on_step, text)
+
+
+def preflight(encoder: TextEncoder, s: TrainSettings, prompt: str | None) -> None:
+    """Everything that would otherwise fail after training, checked before any image is encoded:
+    the folders the run writes to, if_exists = error, the initializer's sub-token count and the prompt."""
+    if s.save:
+        formats.check_writable(embeddings_folder(), f"concept {s.name!r}")
+        formats.save_path_for(embeddings_folder(), s.name, s.on_exists)  # if_exists = error with an existing file
+    if s.checkpoint_every:
+        formats.check_writable(checkpoints_folder(), "training checkpoints")
+    with encoder.text_side(s.name) as text:
+        _rows, n = initializer_rows(text, s)
+        if prompt is not None:
+            text.bind_rows({key: n for key in text.encoder_keys()})
+            text.prepare(prompt)  # MissingPlaceholderError for a prompt without the concept
 
 
 @contextlib.contextmanager
@@ -163,33 +184,54 @@ def _run(trainer: Trainer, family: HostFamily, settings: TrainSettings, node_id,
         result = trainer.run(on_step=step_callback, on_checkpoint=checkpoint_callback)
     except BaseException as exc:
         if trainer.step > first_step:
-            kept = _keep_partial(trainer, settings, text, exc)
-            if isinstance(exc, TrainingError):
-                raise TrainingError(f"{exc} Saved what was learned so far: {kept}") from exc
+            destinations = [embeddings_folder(), unsaved_folder()] if settings.save else []
+            kept = _keep_vectors(trainer, settings, text, "interrupted", type(exc).__name__, destinations)
+            if isinstance(exc, DTIError):  # the pack's own errors say what was kept; others pass unchanged
+                raise type(exc)(f"{exc} Saved what was learned so far: {kept}") from exc
         raise
     concept = _finish_concept(trainer, text)
     result.concept = concept
-    saved = formats.save_concept(concept, embeddings_folder(), settings.name, settings.on_exists) if settings.save else None
+    saved = None
+    if settings.save:
+        try:
+            saved = formats.save_concept(concept, embeddings_folder(), settings.name, settings.on_exists)
+        except (OSError, DTIError) as exc:
+            kept = _keep_vectors(trainer, settings, text, "unsaved", None, [unsaved_folder()])
+            raise SaveError(f"{exc} The trained vectors were kept: {kept}. Once the folder is fixed, copy the concept file "
+                            "into the embeddings folder, or resume from the checkpoint with steps set to the steps done") from exc
     plot = training_plot(result.history, m_star, title)
     summary = _summary(result, family, settings, m_star, saved, checkpoints, time.perf_counter() - started, trainer.step - first_step)
     log.info("ComfyUI-DTI: %s", summary.replace("\n", " | "))
     return SessionResult(concept, result, family, settings, saved, checkpoints, summary, plot)
 
 
-def _keep_partial(trainer: Trainer, settings: TrainSettings, text, exc: BaseException) -> str:
-    """Write the last good vectors (a resumable checkpoint, and the concept if saving is on)."""
-    kept = []
+def _keep_vectors(trainer: Trainer, settings: TrainSettings, text, tag: str, stopped_by: str | None,
+                  destinations: list[Path]) -> str:
+    """Write the last good vectors wherever they can go; say where, for the user's message.
+
+    Always a resumable checkpoint; the concept file to the first of ``destinations`` that takes it
+    (and to the unsaved folder when nothing else could be written at all).
+    """
+    kept, failed = [], []
     try:
-        path = ckpt.save_checkpoint(trainer.state_dict(), _checkpoint_path(settings.name, trainer.step, "interrupted"))
-        kept.append(f"checkpoint {path}")
-        if settings.save:
-            concept = _finish_concept(trainer, text)
-            concept.info["stopped_by"] = type(exc).__name__
-            kept.append(f"concept {formats.save_concept(concept, embeddings_folder(), settings.name, 'increment')}")
-    except Exception as save_error:  # keep the original error visible; report the saving failure beside it
-        log.error("ComfyUI-DTI: could not keep the partial result: %s", save_error)
-    text_kept = "; ".join(kept) or "nothing (saving failed, see the log)"
-    log.warning("ComfyUI-DTI: training stopped at step %d (%s); kept %s", trainer.step, type(exc).__name__, text_kept)
+        kept.append(f"checkpoint {ckpt.save_checkpoint(trainer.state_dict(), _checkpoint_path(settings.name, trainer.step, tag))}")
+    except (OSError, DTIError) as e:
+        failed.append(str(e))
+    if not kept and not destinations:
+        destinations = [unsaved_folder()]
+    concept = _finish_concept(trainer, text)
+    if stopped_by:
+        concept.info["stopped_by"] = stopped_by
+    for folder in destinations:
+        try:
+            kept.append(f"concept {formats.save_concept(concept, folder, settings.name, 'increment')}")
+            break
+        except (OSError, DTIError) as e:
+            failed.append(str(e))
+    for problem in failed:  # keep the original error visible; report each saving failure beside it
+        log.error("ComfyUI-DTI: could not keep the vectors: %s", problem)
+    text_kept = "; ".join(kept) or f"nothing — {' / '.join(failed)}"
+    log.warning("ComfyUI-DTI: step %d of %s; kept %s", trainer.step, settings.name, text_kept)
     return text_kept
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import replace
 
@@ -9,9 +10,11 @@ import torch
 
 from . import sphere
 from .concept import Concept, EncoderConcept
-from .errors import BlendError
+from .errors import BlendError, ConceptError
 
 MODES = ("slerp", "lerp")
+MAX_T_VALUES = 64  # one conditioning (one image in the batch) per t value
+MAX_CONCEPTS = 4  # the node has four concept inputs; weights give one number per concept
 
 
 def check_compatible(concepts: Sequence[Concept]) -> list[str]:
@@ -78,7 +81,10 @@ def interpolate(a: Concept, b: Concept, t: float, mode: str = "slerp", name: str
             enc = EncoderConcept(directions=d, norms=norms, m_star=_common_m_star([ea, eb], [1 - t, t]))
         else:
             vec = (1 - t) * ea.vectors() + t * eb.vectors()
-            enc = EncoderConcept.from_vectors(vec)
+            try:
+                enc = EncoderConcept.from_vectors(vec)
+            except ConceptError as e:  # opposite rows meet at zero half-way
+                raise BlendError(f"{key}: lerp at t={t:g} reaches the origin ({e}); use slerp, or another t") from e
         enc.encoder_id = ea.encoder_id or eb.encoder_id
         encoders[key] = enc
     return Concept(
@@ -127,9 +133,15 @@ def parse_weights(text: str) -> list[float] | None:
     if not text:
         return None
     try:
-        return [float(x) for x in text.replace(";", ",").split(",") if x.strip()]
+        values = [float(x) for x in text.replace(";", ",").split(",") if x.strip()]
     except ValueError:
         raise BlendError(f"weights {text!r} must be numbers separated by commas, e.g. 1, 1, 2") from None
+    if len(values) > MAX_CONCEPTS:
+        raise BlendError(f"weights {text!r} gives {len(values)} numbers; at most {MAX_CONCEPTS} (one per concept input)")
+    bad = [v for v in values if not (math.isfinite(v) and v >= 0)]
+    if bad:
+        raise BlendError(f"weights must be finite numbers ≥ 0; got {bad}")
+    return values
 
 
 def parse_t_values(text: str) -> list[float]:
@@ -145,14 +157,16 @@ def parse_t_values(text: str) -> list[float]:
             start, stop, count = float(parts[0]), float(parts[1]), int(parts[2])
         except ValueError:
             raise BlendError(f"range {text!r} must be start:stop:count with numbers, e.g. 0:1:5") from None
-        if count < 1:
-            raise BlendError(f"range {text!r}: count must be ≥ 1")
+        if not (1 <= count <= MAX_T_VALUES):
+            raise BlendError(f"range {text!r}: count is {count}; it must be 1–{MAX_T_VALUES} (one image per t value)")
         values = [start + (stop - start) * i / max(count - 1, 1) for i in range(count)]
     else:
         try:
             values = [float(x) for x in text.replace(";", ",").split(",") if x.strip()]
         except ValueError:
             raise BlendError(f"t values {text!r} must be numbers separated by commas, e.g. 0, 0.5, 1") from None
+        if len(values) > MAX_T_VALUES:
+            raise BlendError(f"{len(values)} t values; at most {MAX_T_VALUES} (one image per t value)")
     bad = [v for v in values if not (0.0 <= v <= 1.0)]
     if bad:
         raise BlendError(f"t values must lie in [0, 1]; got {bad}")

@@ -52,23 +52,42 @@ def unflatten(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
     return obj
 
 
+# A checkpoint holds a few (≤ 16, width) tensors per encoder plus optimizer state: far below this.
+MAX_CHECKPOINT_BYTES = 256 * 1024 * 1024
+
+
 def save_checkpoint(state: dict[str, Any], path: str | os.PathLike[str]) -> Path:
+    """Write atomically; a failed write raises CheckpointError naming the folder and the remedy."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tensors: dict[str, torch.Tensor] = {}
     skeleton = flatten(state, tensors)
     metadata = {"format": CHECKPOINT_FORMAT, "state": json.dumps(skeleton)}
-    return safetensors_io.write_atomic(tensors, path, metadata)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return safetensors_io.write_atomic(tensors, path, metadata)
+    except OSError as e:
+        raise safetensors_io.write_error(e, path.parent, f"checkpoint {path.name}", CheckpointError) from e
+
+
+def _check_header(header: safetensors_io.Header, path: Path) -> None:
+    """A DTI checkpoint by its metadata, of a plausible size, before any tensor is read."""
+    if header.metadata.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(
+            f"{path}: not a DTI training checkpoint (format {header.metadata.get('format')!r}); "
+            "resume takes the files DTI Train writes every N steps"
+        )
+    total = sum(t.nbytes for t in header.tensors.values())
+    if total > MAX_CHECKPOINT_BYTES:
+        raise CheckpointError(f"{path}: holds {total / 2**20:.0f} MiB of tensors, far more than a DTI checkpoint; pick another file")
 
 
 def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
-    tensors, metadata = safetensors_io.read(path, CheckpointError)
-    if metadata.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(
-            f"{path}: not a DTI training checkpoint (format {metadata.get('format')!r}); "
-            "resume takes the files DTI Train writes every N steps"
-        )
-    return unflatten(json.loads(metadata["state"]), tensors)
+    tensors, metadata = safetensors_io.read(path, CheckpointError, check=lambda h: _check_header(h, path))
+    try:
+        skeleton = json.loads(metadata["state"])
+    except (KeyError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path}: its training state is missing or not valid JSON; the file is damaged — pick another") from e
+    return unflatten(skeleton, tensors)

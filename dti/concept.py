@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from . import sphere
+from .errors import ConceptError
 from .families import ENCODER_KEYS, describe_width
 
 # Re-exported for callers that only need the concept record.
@@ -37,17 +38,17 @@ class EncoderConcept:
         if self.directions.ndim == 1:
             self.directions = self.directions.unsqueeze(0)
         if self.directions.ndim != 2 or self.directions.shape[0] == 0:
-            raise ValueError(f"directions must be (n_vectors, width) with n ≥ 1, got {tuple(self.directions.shape)}")
+            raise ConceptError(f"directions must be (n_vectors, width) with n ≥ 1, got {tuple(self.directions.shape)}")
         self.norms = torch.as_tensor(self.norms, dtype=torch.float32).detach().cpu().reshape(-1)
         if self.norms.numel() == 1 and self.directions.shape[0] > 1:
             self.norms = self.norms.expand(self.directions.shape[0]).clone()
         if self.norms.numel() != self.directions.shape[0]:
-            raise ValueError(f"{self.directions.shape[0]} directions but {self.norms.numel()} norms")
+            raise ConceptError(f"{self.directions.shape[0]} directions but {self.norms.numel()} norms")
         if not bool(torch.isfinite(self.directions).all()) or not bool(torch.isfinite(self.norms).all()):
-            raise ValueError("concept rows contain NaN or infinite values")
+            raise ConceptError("concept rows contain NaN or infinite values")
         ok, reason = sphere.check_unit(self.directions, atol=1e-4)
         if not ok:
-            raise ValueError(f"concept directions must be unit rows: {reason}")
+            raise ConceptError(f"concept directions must be unit rows: {reason}")
         if self.mu is not None:
             self.mu = self.mu.detach().to(torch.float32).cpu().reshape(self.directions.shape)
         if self.exact is not None:
@@ -60,7 +61,9 @@ class EncoderConcept:
             vectors = vectors.unsqueeze(0)
         norms = torch.linalg.vector_norm(vectors, dim=-1)
         if bool((norms <= 0).any()):
-            raise ValueError("an embedding row is all zeros: it has no direction")
+            rows = torch.nonzero(norms <= 0).flatten().tolist()
+            raise ConceptError(f"row(s) {rows} of the {vectors.shape[0]} vector(s) are all zeros and have no direction; "
+                               "use an embedding whose rows are all non-zero")
         return cls(directions=vectors / norms[:, None], norms=norms, exact=vectors.clone(), **kwargs)
 
     @property
@@ -80,7 +83,7 @@ class EncoderConcept:
     def rescaled(self, m_star: float) -> EncoderConcept:
         """Every row moved to norm m* (the paper's "TI-rescaled" when applied to a TI embedding)."""
         if not (m_star > 0):
-            raise ValueError(f"target norm must be positive, got {m_star!r}")
+            raise ConceptError(f"target norm must be positive, got {m_star!r}")
         return replace(self, norms=torch.full_like(self.norms, float(m_star)), m_star=float(m_star), exact=None)
 
 
@@ -96,10 +99,10 @@ class Concept:
 
     def __post_init__(self) -> None:
         if not self.encoders:
-            raise ValueError("a concept needs at least one encoder's rows")
+            raise ConceptError("a concept needs at least one encoder's rows")
         unknown = [k for k in self.encoders if k not in ENCODER_KEYS]
         if unknown:
-            raise ValueError(f"unknown encoder keys {unknown}; known: {', '.join(ENCODER_KEYS)}")
+            raise ConceptError(f"unknown encoder keys {unknown}; known: {', '.join(ENCODER_KEYS)}")
 
     @property
     def n_vectors(self) -> int:

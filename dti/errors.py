@@ -23,12 +23,20 @@ class ConceptMismatchError(InputError):
     """A concept or file that does not fit the connected text encoder."""
 
 
+class ConceptError(DTIError, ValueError):
+    """Rows that cannot form a concept (all-zero, non-finite, mismatched shapes)."""
+
+
 class EmbeddingFileError(DTIError, ValueError):
     """A file that cannot be read or written as an embedding; the message names file and problem."""
 
 
 class CheckpointError(DTIError, ValueError):
     """A training checkpoint that cannot be read or written."""
+
+
+class SaveError(EmbeddingFileError):
+    """A file that could not be written; the message names the folder, the remedy and where the vectors were kept."""
 
 
 class BlendError(DTIError, ValueError):

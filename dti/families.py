@@ -67,6 +67,7 @@ class Family:
         for enc in self.encoders:
             if enc.key == key:
                 return enc
+        # A programming error: callers pass keys of this family's own encoders.
         raise KeyError(f"{self.label} has no encoder {key!r}; it has {', '.join(self.encoder_keys)}")
 
 
@@ -101,7 +102,7 @@ OTHER_WIDTHS: dict[int, str] = {1024: "OpenCLIP-H (SD2.x)", 2560: "Gemma-3-4B", 
 def family(name: str) -> Family:
     try:
         return FAMILIES[name]
-    except KeyError:
+    except KeyError:  # a programming error: names come from this table
         raise KeyError(f"unknown model family {name!r}; known: {', '.join(FAMILIES)}") from None
 
 

@@ -8,6 +8,7 @@ extra tensor: ComfyUI falls back to a file's *first* tensor for unknown key layo
 from __future__ import annotations
 
 import base64
+import errno
 import json
 import logging
 import os
@@ -21,7 +22,7 @@ import torch
 
 from . import safetensors_io
 from .concept import Concept, EncoderConcept
-from .errors import EmbeddingFileError
+from .errors import EmbeddingFileError, SaveError
 from .families import FAMILIES, describe_width, families_with_keys, tensor_key_to_encoder, width_to_encoder
 
 log = logging.getLogger("ComfyUI-DTI")
@@ -29,6 +30,15 @@ log = logging.getLogger("ComfyUI-DTI")
 FORMAT_NAME = "comfyui-dti"
 FORMAT_VERSION = 1
 EXTENSIONS = (".safetensors", ".pt", ".bin")
+
+# File systems allow 255 bytes per file name. A stem must leave room for the extension and for
+# the "_9999" that if_exists = increment may append, so every name accepted at queue time can be written.
+MAX_NAME_BYTES = 255 - len(".safetensors") - len("_9999")
+
+# What an embedding file can be. A1111 allows 75 vectors per prompt chunk and DTI trains at most 16;
+# nothing that is an embedding comes near these, so a file beyond them is refused before it is read.
+MAX_ROWS = 256
+MAX_FILE_BYTES = 64 * 1024 * 1024
 
 
 class UnknownWidthError(EmbeddingFileError):
@@ -95,6 +105,12 @@ def safe_name(name: str) -> str:
         raise EmbeddingFileError(f"concept name {name!r} starts with '.', which would hide the file")
     if stem.endswith((".", " ")):
         raise EmbeddingFileError(f"concept name {name!r} ends with '.' or a space")
+    size = len(stem.encode("utf-8"))
+    if size > MAX_NAME_BYTES:
+        raise EmbeddingFileError(
+            f"concept name {stem[:40]!r}… is {size} bytes long (UTF-8); file systems allow 255 bytes per file name, so "
+            f"names may have at most {MAX_NAME_BYTES} (room for '_9999.safetensors'): use a shorter name"
+        )
     if " " in stem:
         # `embedding:` names end at the first space in ComfyUI prompts.
         raise EmbeddingFileError(
@@ -176,12 +192,32 @@ def concept_tensors(concept: Concept) -> dict[str, torch.Tensor]:
     return {layout[k]: concept.encoders[k].vectors().contiguous() for k in layout}
 
 
+def check_writable(folder: str | os.PathLike[str], what: str) -> None:
+    """SaveError now, instead of after the work, when ``folder`` (or the folder that would hold it) takes no new files.
+
+    Creates nothing: a folder that does not exist yet is judged by its nearest existing parent.
+    """
+    folder = Path(folder)
+    existing = folder
+    while not existing.exists() and existing.parent != existing:
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        cause = errno.ENOTDIR if not existing.is_dir() else errno.EACCES
+        raise safetensors_io.write_error(OSError(cause, os.strerror(cause)), existing, what, SaveError)
+
+
 def save_concept(
     concept: Concept, folder: str | os.PathLike[str], name: str | None = None, on_exists: str = "increment"
 ) -> Path:
-    """Write atomically (temp file + rename) into folder, verify by reading it back, return the path."""
+    """Write atomically (temp file + rename) into folder, verify by reading it back, return the path.
+
+    A failed write raises SaveError naming the folder and the remedy; nothing at the path changes.
+    """
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise safetensors_io.write_error(e, folder, f"concept {concept.name!r}", SaveError) from e
     path = save_path_for(folder, name if name is not None else concept.name, on_exists)
 
     def read_back(tmp: Path) -> None:
@@ -193,7 +229,10 @@ def save_concept(
             if not torch.equal(rows, concept.encoders[enc].vectors()):
                 raise EmbeddingFileError(f"read-back of {path.name} failed for the {enc} rows; nothing was saved")
 
-    safetensors_io.write_atomic(concept_tensors(concept), path, concept_metadata(concept), verify=read_back)
+    try:
+        safetensors_io.write_atomic(concept_tensors(concept), path, concept_metadata(concept), verify=read_back)
+    except OSError as e:
+        raise safetensors_io.write_error(e, folder, path.name, SaveError) from e
     log.info("ComfyUI-DTI: saved %s to %s", concept.describe(), path)
     return path
 
@@ -244,8 +283,32 @@ def _as_rows(t: Any, path: Path, key: str) -> torch.Tensor:
     if t.ndim != 2 or t.shape[0] == 0:
         raise EmbeddingFileError(f"{path}: tensor {key!r} has shape {tuple(t.shape)}, expected (n_vectors, width)")
     if not bool(torch.isfinite(t).all()):
-        raise EmbeddingFileError(f"{path}: tensor {key!r} contains NaN or infinite values")
+        raise EmbeddingFileError(f"{path}: tensor {key!r} contains NaN or infinite values; the file is damaged — "
+                                 "re-train or re-export it")
+    zero = torch.nonzero(torch.linalg.vector_norm(t, dim=-1) == 0).flatten().tolist()
+    if zero:
+        raise EmbeddingFileError(f"{path}: tensor {key!r} has all-zero row(s) {zero[:8]}, which have no direction; "
+                                 "the file is damaged or padded — re-export it without empty vectors")
     return t
+
+
+def _check_header(header: safetensors_io.Header, path: Path, widths: dict[int, str]) -> None:
+    """Refuse a safetensors file from its header alone: shapes an embedding cannot have, widths no encoder has."""
+    if not header.tensors:
+        raise EmbeddingFileError(f"{path}: the file holds no tensors; pick an embedding file")
+    named = tensor_key_to_encoder()
+    ours = header.metadata.get("format") == FORMAT_NAME
+    for key, info in header.tensors.items():
+        shape = info.shape[1:] if len(info.shape) == 3 and info.shape[0] == 1 else info.shape
+        shape = (1, *shape) if len(shape) == 1 else shape
+        if len(shape) != 2 or not (1 <= shape[0] <= MAX_ROWS) or shape[1] < 1:
+            raise EmbeddingFileError(
+                f"{path}: tensor {key!r} has shape {list(info.shape)}, expected (n_vectors, width) with n_vectors ≤ {MAX_ROWS}. "
+                "This is not a textual-inversion embedding (a LoRA or model?) — move it out of the embeddings folder"
+            )
+        by_width = not ours and key not in named and (key in WIDTH_KEYS or len(header.tensors) == 1)
+        if by_width and shape[1] not in widths:
+            raise UnknownWidthError(path, key, shape[1], widths)
 
 
 def _by_width(t: torch.Tensor, path: Path, key: str, widths: dict[int, str]) -> str:
@@ -266,7 +329,8 @@ def _read_pickle(path: Path) -> Any:
             "embedding to .safetensors with a trusted tool, or re-save it from its source"
         ) from e
     except Exception as e:
-        raise EmbeddingFileError(f"{path}: not a readable embedding file ({type(e).__name__}: {e})") from e
+        raise EmbeddingFileError(f"{path}: not a readable embedding file ({type(e).__name__}: {e}); it is empty, truncated or "
+                                 "not an embedding — re-download or re-save it") from e
 
 
 def _pair_sibling(path: Path) -> Path | None:
@@ -326,11 +390,17 @@ def load_embedding(path: str | os.PathLike[str], widths: dict[int, str] | None =
     path = Path(path)
     widths = width_to_encoder() if widths is None else widths
     if not path.is_file():
-        raise EmbeddingFileError(f"{path}: no such file")
+        raise EmbeddingFileError(f"{path}: no such file; refresh the node (R) and pick an existing file")
+    size = path.stat().st_size
+    if size > MAX_FILE_BYTES:
+        raise EmbeddingFileError(
+            f"{path}: {size / 2**20:.0f} MiB, far more than an embedding (a few KiB to 1 MiB); it is probably a LoRA or "
+            "model — move it out of the embeddings folder"
+        )
     suffix = path.suffix.lower()
     metadata: dict[str, str] = {}
     if suffix == ".safetensors":
-        raw, metadata = safetensors_io.read(path, EmbeddingFileError)
+        raw, metadata = safetensors_io.read(path, EmbeddingFileError, check=lambda h: _check_header(h, path, widths))
     elif suffix in (".pt", ".bin", ".ckpt", ".pth"):
         raw = _read_pickle(path)
         if not isinstance(raw, dict):
@@ -344,7 +414,8 @@ def load_embedding(path: str | os.PathLike[str], widths: dict[int, str] | None =
     layout, vectors = _classify(raw, path, widths)
     sibling = _pair_sibling(path) if layout == "diffusers" else None
     if sibling is not None:
-        other_raw = safetensors_io.read(sibling, EmbeddingFileError)[0] if sibling.suffix == ".safetensors" else _read_pickle(sibling)
+        other_raw = (safetensors_io.read(sibling, EmbeddingFileError, check=lambda h: _check_header(h, sibling, widths))[0]
+                     if sibling.suffix == ".safetensors" else _read_pickle(sibling))
         other_layout, other_vectors = _classify(other_raw, sibling, widths)
         clash = set(vectors) & set(other_vectors)
         if clash:

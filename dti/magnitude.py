@@ -10,6 +10,8 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
+from .errors import UnsupportedModelError
+
 POLICIES = ("mean", "median", "min", "max")
 PERCENTILES = (1, 5, 25, 50, 75, 95, 99)
 
@@ -59,7 +61,8 @@ def norm_stats(table: torch.Tensor, norms: torch.Tensor | None = None) -> NormSt
     norms = row_norms(table) if norms is None else norms.detach().float().cpu()
     norms = norms[norms > 0]
     if norms.numel() == 0:
-        raise ValueError("the token-embedding table has no non-zero rows; is the text encoder loaded?")
+        raise UnsupportedModelError("the token-embedding table has no non-zero rows; load the text encoder's weights (is it a "
+                                    "placeholder or an unloaded model?)")
     sorted_norms, _ = torch.sort(norms.double())
     pct = {p: float(torch.quantile(sorted_norms, p / 100.0)) for p in PERCENTILES}
     return NormStats(
@@ -166,21 +169,25 @@ def nearest_tokens(
             f"query width {queries.shape[-1]} does not match the vocabulary width {table.shape[-1]}"
         )
     vocab = table.shape[0]
-    k = max(1, min(int(k), vocab))
+    if norms is None:
+        norms = row_norms(table, chunk_rows)
+    norms = norms.to(device=table.device, dtype=torch.float32)
+    live = int((norms > 0).sum())
+    if live == 0:
+        raise UnsupportedModelError("the token-embedding table has no non-zero rows; load the text encoder's weights (is it a "
+                                    "placeholder or an unloaded model?)")
+    k = max(1, min(int(k), live))
     pool = min(vocab, 4 * k + 32)
     q = queries.detach().to(device=table.device, dtype=torch.float32)
     q_unit = q / torch.linalg.vector_norm(q, dim=-1, keepdim=True).clamp_min(1e-12)
     scan_dtype = table.dtype if table.dtype in (torch.float16, torch.bfloat16, torch.float32) else torch.float32
     probe = (q_unit if metric == "cosine" else q).to(scan_dtype)
-    if norms is None:
-        norms = row_norms(table, chunk_rows)
-    norms = norms.to(device=table.device, dtype=torch.float32)
     q_sq = (q * q).sum(-1, keepdim=True)
 
     def score(dots: torch.Tensor, b_norm: torch.Tensor) -> torch.Tensor:
-        if metric == "cosine":
-            return dots / b_norm.clamp_min(1e-12)
-        return -(q_sq - 2 * dots + b_norm * b_norm)  # larger is better, as for cosine
+        s = dots / b_norm.clamp_min(1e-12) if metric == "cosine" else -(q_sq - 2 * dots + b_norm * b_norm)  # larger is better
+        # All-zero rows (padding, unused ids) are no tokens: excluded as the norm statistics exclude them.
+        return s.masked_fill(b_norm == 0, float("-inf"))
 
     cand_s, cand_i = None, None
     for start in range(0, vocab, chunk_rows):

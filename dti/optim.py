@@ -8,6 +8,9 @@ Each parameter is a matrix whose rows are unit directions. Per row and per step:
     v ← (v − η g) / ‖v − η g‖        retraction
 
 so with β = 0 every row turns by ≈ η radians per step, whatever the loss scale.
+
+The ValueErrors here are programming errors: the settings reach the optimizer only after
+TrainSettings.check has refused every user value that would trigger them (as InputError).
 """
 
 from __future__ import annotations
@@ -152,4 +155,4 @@ def build_optimizer(
         )
     if method in ("ti", "ti_rescaled", "crossinit"):
         return torch.optim.AdamW([{"params": g["params"]} for g in groups], lr=lr, weight_decay=weight_decay)
-    raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")  # settings.check refuses it first

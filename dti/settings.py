@@ -24,7 +24,8 @@ RESIZE_MODES = ("resize and crop", "keep size")
 PRECISIONS = ("auto", "bf16", "fp32", "as loaded")
 ON_EXISTS = ("increment", "overwrite", "error")
 TEMPLATE_SETS = tuple(TEMPLATES)
-MAX_VECTORS = 16
+MAX_VECTORS = 16  # vectors per encoder, and sub-tokens an initializer may have
+MAX_CHECKPOINTS = 100  # checkpoints one run may write (steps / checkpoint_every)
 
 
 @dataclass(frozen=True)
@@ -105,6 +106,11 @@ class TrainSettings:
             raise InputError(f"vectors must be 1–{MAX_VECTORS} (or -1 for one per initializer sub-token), got {self.vectors}")
         if self.checkpoint_every < 0:
             raise InputError(f"checkpoint_every must be ≥ 0 (0 = never), got {self.checkpoint_every}")
+        if self.checkpoint_every and self.steps // self.checkpoint_every > MAX_CHECKPOINTS:
+            raise InputError(
+                f"checkpoint_every {self.checkpoint_every} with {self.steps} steps would write {self.steps // self.checkpoint_every} "
+                f"checkpoints; at most {MAX_CHECKPOINTS}: set checkpoint_every to {-(-self.steps // MAX_CHECKPOINTS)} or more"
+            )
 
     def as_info(self) -> dict[str, Any]:
         """What a saved concept records about how it was trained (format version 1's keys)."""

@@ -18,10 +18,10 @@ import torch
 
 from . import magnitude, sphere
 from .concept import Concept, EncoderConcept
-from .errors import TrainingDiverged, TrainingError
+from .errors import InputError, TrainingDiverged, TrainingError
 from .families import Family
 from .optim import build_optimizer
-from .settings import TrainSettings
+from .settings import MAX_VECTORS, TrainSettings
 from .templates import OBJECT_TEMPLATES, STYLE_TEMPLATES, TEMPLATES  # noqa: F401  (re-exported)
 
 # --------------------------------------------------------------------------------------------
@@ -196,28 +196,43 @@ class EncoderInit:
     note: str = ""
 
 
-def initialize(text: TextSide, settings: TrainSettings) -> dict[str, EncoderInit]:
-    """μ, m* and the first value of the trainable tensor, per encoder."""
+def initializer_rows(text: TextSide, settings: TrainSettings) -> tuple[dict[str, torch.Tensor], int]:
+    """The initializer's vocabulary rows per encoder and the number of vectors to train.
+
+    The rule: one vector per sub-token, at most MAX_VECTORS sub-tokens per encoder (refused above,
+    naming the count); ``vectors`` may ask for more (rows repeat) but never fewer. Cheap — a
+    tokenizer and a table lookup — so the session calls it before any image is encoded.
+    """
     words = settings.initializer.strip()
     if not words:
-        raise TrainingError("the initializer is empty: give a word close to the concept, e.g. 'dog' or 'painting'")
+        raise InputError("the initializer is empty: give a word close to the concept, e.g. 'dog' or 'painting'")
     raw: dict[str, torch.Tensor] = {}
     for key in text.encoder_keys():
         rows = text.initializer_rows(key, words).detach().to(torch.float32).cpu()
         if rows.ndim != 2 or rows.shape[0] == 0:
-            raise TrainingError(
-                f"the initializer {words!r} tokenizes to nothing for {key}; use an ordinary word the encoder knows"
+            raise InputError(f"the initializer {words!r} tokenizes to nothing for {key}; use an ordinary word the encoder knows")
+        if rows.shape[0] > MAX_VECTORS:
+            raise InputError(
+                f"the initializer {words[:60]!r}{'…' if len(words) > 60 else ''} has {rows.shape[0]} sub-tokens for {key}; "
+                f"at most {MAX_VECTORS} (one vector each): use one to a few words close to the concept"
             )
         if bool((torch.linalg.vector_norm(rows, dim=-1) == 0).any()):
-            raise TrainingError(f"the initializer {words!r} maps to an all-zero {key} row (a padding token); pick another word")
+            raise InputError(f"the initializer {words!r} maps to an all-zero {key} row (a padding token); pick another word")
         raw[key] = rows
     n_tokens = max(r.shape[0] for r in raw.values())
     n = settings.n_vectors or n_tokens
     if n < n_tokens:
-        raise TrainingError(
+        raise InputError(
             f"the initializer {words!r} has {n_tokens} sub-tokens but only {n} vector(s) were asked for; "
-            "use a shorter initializer or set vectors to 0 (automatic)"
+            "use a shorter initializer or set vectors to -1 (one per sub-token)"
         )
+    return raw, n
+
+
+def initialize(text: TextSide, settings: TrainSettings) -> dict[str, EncoderInit]:
+    """μ, m* and the first value of the trainable tensor, per encoder."""
+    words = settings.initializer.strip()
+    raw, n = initializer_rows(text, settings)
     out = {}
     for key, rows in raw.items():
         note = ""

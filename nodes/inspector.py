@@ -11,6 +11,7 @@ from ..adapters.vocab import fit, load_for, stats
 from ..dti import diagnostics, magnitude
 from ..dti.concept import Concept
 from ..dti.errors import InputError
+from . import validation
 from .api import io, ui
 from .types import DTIConcept, text_encoder_input
 
@@ -93,6 +94,10 @@ class DTINormInspector(io.ComfyNode):
     @classmethod
     def fingerprint_inputs(cls, clip=None, concept=None, embedding=None, k=None) -> str:
         return f"{embedding}" if embedding in (None, NO_FILE) else file_fingerprint(embedding)
+
+    @classmethod
+    def validate_inputs(cls, embedding=NO_FILE) -> bool | str:
+        return validation.check(cls, {"embedding": embedding})
 
     @classmethod
     def execute(cls, clip, concept=None, embedding=NO_FILE, k=8) -> io.NodeOutput:

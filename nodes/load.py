@@ -6,6 +6,7 @@ from ..adapters.folders import embedding_choices, file_fingerprint, placeholder_
 from ..adapters.text_encoder import text_encoder
 from ..adapters.vocab import fit, load_for, rescale_to_m_star
 from ..dti import formats
+from . import validation
 from .api import io, ui
 from .types import DTIConcept, text_encoder_input
 
@@ -46,13 +47,15 @@ class DTILoadEmbedding(io.ComfyNode):
         return file_fingerprint(embedding)  # re-execute when the file changes, even under the same name
 
     @classmethod
-    def validate_inputs(cls, embedding) -> bool | str:
-        if embedding is not None:
+    def validate_inputs(cls, embedding, norm) -> bool | str:
+        def exists() -> str | None:
             try:
                 resolve_embedding(embedding)
             except formats.EmbeddingFileError as e:
                 return str(e)
-        return True
+            return None
+
+        return validation.check(cls, {"embedding": embedding, "norm": norm}, *([exists] if embedding is not None else []))
 
     @classmethod
     def execute(cls, clip, embedding, prompt, norm) -> io.NodeOutput:

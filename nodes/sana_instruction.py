@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ..adapters.sana import INSTRUCTION_FLAG
+from . import validation
 from .api import io
 from .types import Gemma
 
@@ -28,6 +29,10 @@ class DTISanaInstruction(io.ComfyNode):
             ],
             outputs=[Gemma.Output(display_name="gemma", tooltip="The same text encoder, carrying the choice.")],
         )
+
+    @classmethod
+    def validate_inputs(cls, instruction) -> bool | str:
+        return validation.check(cls, {"instruction": instruction})
 
     @classmethod
     def execute(cls, gemma, instruction) -> io.NodeOutput:

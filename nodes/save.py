@@ -5,7 +5,9 @@ from __future__ import annotations
 from ..adapters.folders import embeddings_folder
 from ..dti import formats
 from ..dti.settings import ON_EXISTS
+from . import validation
 from .api import io, ui
+from .train import existing_file_problem, name_problem
 from .types import DTIConcept
 
 
@@ -28,13 +30,13 @@ class DTISaveConcept(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, name) -> bool | str:
+    def validate_inputs(cls, name, if_exists) -> bool | str:
+        checks = []
         if name is not None:
-            try:
-                formats.safe_name(name)
-            except formats.EmbeddingFileError as e:
-                return str(e)
-        return True
+            checks.append(lambda: name_problem(name))
+            if if_exists is not None:
+                checks.append(lambda: existing_file_problem(name, if_exists))
+        return validation.check(cls, {"if_exists": if_exists}, *checks)
 
     @classmethod
     def execute(cls, concept, name, if_exists) -> io.NodeOutput:

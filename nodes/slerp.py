@@ -6,7 +6,8 @@ import torch
 
 from ..adapters.text_encoder import text_encoder
 from ..adapters.vocab import fit
-from ..dti.blend import MODES, BlendError, interpolate, parse_t_values, parse_weights, weighted_mean
+from ..dti.blend import MAX_T_VALUES, MODES, BlendError, interpolate, parse_t_values, parse_weights, weighted_mean
+from . import validation
 from .api import io, ui
 from .types import DTIConcept, text_encoder_input
 
@@ -51,7 +52,7 @@ class DTISlerpConcepts(io.ComfyNode):
                                        "when t_values is empty."),
                 io.String.Input("t_values", default="", optional=True,
                                 tooltip="Optional list for an interpolation strip: '0, 0.25, 0.5, 0.75, 1' or '0:1:5' "
-                                        "(start:stop:count). Each must lie in [0, 1]."),
+                                        f"(start:stop:count). Each must lie in [0, 1]; at most {MAX_T_VALUES} values."),
                 DTIConcept.Input("concept_c", optional=True, tooltip="Optional third concept: switches to a weighted mean."),
                 DTIConcept.Input("concept_d", optional=True, tooltip="Optional fourth concept for the weighted mean."),
                 io.String.Input("weights", default="", optional=True,
@@ -66,13 +67,16 @@ class DTISlerpConcepts(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, t_values=None, weights=None) -> bool | str:
-        try:
-            parse_t_values(t_values or "")
-            parse_weights(weights or "")
-        except BlendError as e:
-            return str(e)
-        return True
+    def validate_inputs(cls, mode, t, t_values=None, weights=None) -> bool | str:
+        def parses() -> str | None:
+            try:
+                parse_t_values(t_values or "")
+                parse_weights(weights or "")
+            except BlendError as e:
+                return str(e)
+            return None
+
+        return validation.check(cls, {"mode": mode, "t": t}, parses)
 
     @classmethod
     def execute(cls, clip, concept_a, concept_b, prompt, mode, t, t_values="", concept_c=None, concept_d=None,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import fields
 
-from ..adapters.folders import checkpoint_choices, checkpoints_folder
+from ..adapters.folders import checkpoint_choices, checkpoints_folder, embeddings_folder
 from ..adapters.plots import to_image_tensor
 from ..adapters.session import train_concept
 from ..adapters.text_encoder import text_encoder
@@ -19,6 +19,7 @@ from ..dti.optim import METHODS, TI_ADAMW_LR
 from ..dti.settings import (
     DEFAULT,
     MAGNITUDES,
+    MAX_CHECKPOINTS,
     MAX_VECTORS,
     ON_EXISTS,
     PRECISIONS,
@@ -26,6 +27,8 @@ from ..dti.settings import (
     TEMPLATE_SETS,
     TrainSettings,
 )
+from ..dti.templates import PLACEHOLDER
+from . import validation
 from .api import io, ui
 from .types import DTIConcept, text_encoder_input
 from .types import DTITrainOptions as OptionsSocket
@@ -81,7 +84,7 @@ def in_grad_accum(sentinel: int = DEFAULT) -> io.Int.Input:
 def in_vectors(sentinel: int = DEFAULT) -> io.Int.Input:
     return io.Int.Input("vectors", default=sentinel, min=sentinel, max=MAX_VECTORS,
                         tooltip=f"Vectors per encoder, at most {MAX_VECTORS}. {sentinel}: one per initializer sub-token. "
-                                "More than the sub-tokens repeats the initializer rows.")
+                                "More than the sub-tokens repeats the initializer rows; fewer is refused.")
 
 
 def common_option_inputs() -> list:
@@ -121,7 +124,8 @@ def run_option_inputs() -> list:
         io.Boolean.Input("gradient_checkpointing", default=_D.gradient_checkpointing,
                          tooltip="Recompute UNet activations in backward: less memory, slower steps."),
         io.Int.Input("checkpoint_every", default=_D.checkpoint_every, min=0, max=100000,
-                     tooltip="Write a resumable checkpoint (vectors + optimizer state) every N steps; 0 = never."),
+                     tooltip="Write a resumable checkpoint (vectors + optimizer state) every N steps; 0 = never. "
+                             f"At most {MAX_CHECKPOINTS} per run."),
         io.Combo.Input("resume", options=[NO_RESUME, *checkpoint_choices()], default=NO_RESUME,
                        tooltip="Continue a run from one of its checkpoints (output/dti_checkpoints)."),
         io.Boolean.Input("save", default=_D.save, tooltip="Save the concept to the embeddings folder when training ends."),
@@ -141,7 +145,7 @@ def main_inputs() -> list:
                         tooltip="File name of the concept in the embeddings folder; prompts use it as embedding:name."),
         io.String.Input("initializer", default=_D.initializer,
                         tooltip="A word close to the concept ('dog', 'teapot', 'watercolor'). Its token(s) start the training "
-                                "and are the prior's mean; one vector per sub-token."),
+                                f"and are the prior's mean; one vector per sub-token, at most {MAX_VECTORS} sub-tokens."),
         io.String.Input("prompt", multiline=True, default="a photo of {} on a beach",
                         tooltip="Prompt for the CONDITIONING output; write {} or embedding:name where the concept goes."),
         io.Combo.Input("method", options=list(METHODS), default=_D.method,
@@ -184,23 +188,66 @@ def settings_from_inputs(values: dict) -> TrainSettings:
     return TrainSettings(**out)
 
 
-def check_name_and_initializer(name, initializer) -> bool | str:
-    """validate_inputs for the inputs it names (ComfyUI still checks every other input's range and options)."""
-    for value in (name if isinstance(name, list) else [name]):
-        if value is not None:
-            try:
-                formats.safe_name(value)
-            except formats.EmbeddingFileError as e:
-                return str(e)
-    for value in (initializer if isinstance(initializer, list) else [initializer]):
-        if value is not None and not str(value).strip():
-            return "initializer is empty: give a word close to the concept, e.g. 'dog'"
-    return True
+def _first(value):
+    """The widget value of an input (None when linked: checked when the node runs)."""
+    value = value[0] if isinstance(value, (list, tuple)) and value else value
+    return None if isinstance(value, (list, tuple)) else value
+
+
+def name_problem(name) -> str | None:
+    try:
+        formats.safe_name(name)
+    except formats.EmbeddingFileError as e:
+        return str(e)
+    return None
+
+
+def initializer_problem(initializer) -> str | None:
+    words = str(initializer).split()
+    if not words:
+        return "initializer is empty: give a word close to the concept, e.g. 'dog'"
+    if len(words) > MAX_VECTORS:  # every word is at least one sub-token; the exact count is checked before training
+        return (f"initializer has {len(words)} words; at most {MAX_VECTORS} sub-tokens (one vector each) are allowed: "
+                "use one to a few words close to the concept")
+    return None
+
+
+def prompt_problem(prompt, name) -> str | None:
+    """A prompt that never mentions the concept (the exact tokenized check runs before training)."""
+    stem = str(name).strip()
+    if PLACEHOLDER in prompt or f"embedding:{stem}".lower() in prompt.lower():
+        return None
+    return (f"prompt {prompt[:80]!r} does not mention the concept: write {{}} or embedding:{stem} where it goes, "
+            f"e.g. 'a photo of {{}} on a beach'")
+
+
+def existing_file_problem(name, if_exists, save=True) -> str | None:
+    """if_exists = error with a file of that name already in the embeddings folder."""
+    if not save or if_exists != "error":
+        return None
+    try:
+        formats.save_path_for(embeddings_folder(), name, if_exists)
+    except formats.EmbeddingFileError as e:
+        return str(e)
+    return None
+
+
+def train_checks(name, initializer, prompt) -> list:
+    """DTI Train's own queue-time checks of the inputs that are widget values (linked ones run later)."""
+    name, initializer, prompt = _first(name), _first(initializer), _first(prompt)
+    checks = []
+    if name is not None:
+        checks.append(lambda: name_problem(name))
+    if initializer is not None:
+        checks.append(lambda: initializer_problem(initializer))
+    if prompt is not None and name is not None:
+        checks.append(lambda: prompt_problem(prompt, name))
+    return checks
 
 
 def run_training(cls, model, clip, vae, images, settings: TrainSettings, prompt: str) -> io.NodeOutput:
     encoder = text_encoder(clip)
-    session = train_concept(model, clip, vae, images, settings, node_id=cls.hidden.unique_id)
+    session = train_concept(model, clip, vae, images, settings, node_id=cls.hidden.unique_id, prompt=prompt)
     conditioning = encoder.conditioning(session.settings.name, prompt, session.concept.vectors())
     plot = to_image_tensor(session.plot)
     # The node shows the live chart (web extension) and the summary; the plot stays an output.
@@ -227,25 +274,24 @@ class DTITrainOptions(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, kappa, beta, magnitude, magnitude_value, resize, templates, precision, resume, if_exists) -> bool | str:
+        return validation.check(cls, {"kappa": kappa, "beta": beta, "magnitude": magnitude, "magnitude_value": magnitude_value,
+                                      "resize": resize, "templates": templates, "precision": precision, "resume": resume,
+                                      "if_exists": if_exists})
+
+    @classmethod
     def execute(cls, **values) -> io.NodeOutput:
         return io.NodeOutput(dict(values))
 
 
-
-
-
 class _TrainNode(io.ComfyNode):
-    """What DTI Train and its legacy form share: the schema's frame, the queue-time checks, the run."""
+    """What DTI Train and its legacy form share: the schema's frame and the run."""
 
     @classmethod
     def schema(cls, node_id: str, display_name: str, description: str, inputs: list, deprecated: bool = False) -> io.Schema:
         return io.Schema(node_id=node_id, display_name=display_name, category="DTI", description=description,
                          is_experimental=True, is_output_node=True, is_input_list=True, is_deprecated=deprecated,
                          inputs=inputs, outputs=_outputs(), hidden=[io.Hidden.unique_id])
-
-    @classmethod
-    def validate_inputs(cls, name, initializer) -> bool | str:
-        return check_name_and_initializer(name, initializer)
 
     @classmethod
     def run(cls, model, clip, vae, images, prompt, values: dict) -> io.NodeOutput:
@@ -262,6 +308,10 @@ class DTITrain(_TrainNode):
              OptionsSocket.Input("options", optional=True,
                                  tooltip="DTI Train Options; unconnected, every other setting is the family default.")],
         )
+
+    @classmethod
+    def validate_inputs(cls, name, initializer, prompt, method, learning_rate) -> bool | str:
+        return validation.check(cls, {"method": method, "learning_rate": learning_rate}, *train_checks(name, initializer, prompt))
 
     @classmethod
     def execute(cls, model, clip, vae, images, prompt, options=None, **values) -> io.NodeOutput:
@@ -286,6 +336,17 @@ class DTITrainLegacy(_TrainNode):
              *run_option_inputs()],
             deprecated=True,
         )
+
+    @classmethod
+    def validate_inputs(cls, name, initializer, prompt, method, learning_rate, kappa, magnitude, magnitude_value, resize,
+                        templates, precision, resume, save, if_exists) -> bool | str:
+        values = {"method": method, "learning_rate": learning_rate, "kappa": kappa, "magnitude": magnitude,
+                  "magnitude_value": magnitude_value, "resize": resize, "templates": templates, "precision": precision,
+                  "resume": resume, "if_exists": if_exists}
+        checks = train_checks(name, initializer, prompt)
+        if _first(name) is not None and _first(if_exists) is not None:
+            checks.append(lambda: existing_file_problem(_first(name), _first(if_exists), _first(save) is not False))
+        return validation.check(cls, values, *checks)
 
     @classmethod
     def execute(cls, model, clip, vae, images, prompt, **values) -> io.NodeOutput:

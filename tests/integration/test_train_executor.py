@@ -1,29 +1,10 @@
 """DTI Train inside ComfyUI: loaded by its loader, executed by its executor, used by stock nodes."""
 
-from comfy_harness import ProgressRecorder, run_prompt
+from comfy_harness import ProgressRecorder, run_prompt, train_prompt
 
-MAIN_NODE = "DTITrainConcept"
+MAIN_NODE = "DTITrainConcept"  # the node train_prompt builds
 MAIN_INPUTS = ("model", "clip", "vae", "images", "name", "initializer", "prompt", "method", "steps", "learning_rate",
                "resolution")
-
-
-def train_prompt(name="exec_cat", steps=6, **overrides):
-    """DTI Train with DTI Train Options; each override goes to whichever of the two nodes has that input."""
-    main = {"model": ["1", 0], "clip": ["1", 1], "vae": ["1", 2], "images": ["2", 0], "name": name, "initializer": "dog",
-            "prompt": "a photo of {} on a beach", "method": "dti", "steps": steps, "learning_rate": -1.0, "resolution": 64,
-            "options": ["opts", 0]}
-    options = {"kappa": -1.0, "beta": 0.0, "magnitude": "mean", "magnitude_value": 0.4, "batch_size": 2, "grad_accum": -1,
-               "resize": "resize and crop", "random_crop": False, "flip": False, "training_seed": 42, "templates": "object",
-               "captions": "", "vectors": -1, "precision": "auto", "gradient_checkpointing": False, "checkpoint_every": 0,
-               "resume": "none", "save": True, "if_exists": "increment"}
-    for key, value in overrides.items():
-        (main if key in main else options)[key] = value
-    return {
-        "1": {"class_type": "DTITestTinyCheckpoint", "inputs": {"ckpt_name": "tiny", "family": "sdxl"}},
-        "2": {"class_type": "DTITestImages", "inputs": {"count": 3, "size": 64, "seed": 3}},
-        "3": {"class_type": MAIN_NODE, "inputs": main},
-        "opts": {"class_type": "DTITrainOptions", "inputs": options},
-    }
 
 
 def test_pack_registers_its_nodes_through_comfyuis_loader(pack):

@@ -238,9 +238,9 @@ def test_bad_data_and_initializers():
     sampler = BatchSampler(examples(), batch_size=1, crop_size=(6, 6), downscale=8)
     with pytest.raises(InputError, match="initializer is empty"):
         Trainer(tr_text, ToyDenoise(torch.zeros(8)), sampler, config(initializer="  "))
-    with pytest.raises(TrainingError, match="2 sub-tokens but only 1"):
+    with pytest.raises(InputError, match="2 sub-tokens but only 1"):
         Trainer(tr_text, ToyDenoise(torch.zeros(8)), sampler, config(vectors=1, initializer="big dog"))
-    with pytest.raises(TrainingError, match="tokenizes to nothing for clip_l"):
+    with pytest.raises(InputError, match="tokenizes to nothing for clip_l"):
         Trainer(tr_text, ToyDenoise(torch.zeros(8)), sampler, config(initializer="<nothing>"))
     t = Trainer(tr_text, ToyDenoise(torch.zeros(8)), sampler, config(vectors=3, initializer="dog"))
     assert t.params["clip_l"].shape == (3, 12) and "repeated cyclically" in t.notes[0]
