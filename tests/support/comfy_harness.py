@@ -85,6 +85,9 @@ def tiny_objects(family: str):
         with torch.inference_mode():
             if family == "lumina2":
                 TINY_CACHE[family] = (tiny_comfy.build_lumina2_model(), tiny_comfy.build_gemma_clip(), tiny_comfy.build_flux_vae())
+            elif family in ("flux", "sd3", "chroma"):
+                TINY_CACHE[family] = (tiny_comfy.build_t5_model(family), tiny_comfy.build_t5_clip(family, embedding_directory=emb),
+                                      tiny_comfy.build_flux_vae())
             elif family == "sana":
                 path = tiny_comfy.extramodels_path()
                 pack = tiny_comfy.load_extramodels(path)
@@ -106,7 +109,8 @@ def register_test_nodes():
 
         @classmethod
         def INPUT_TYPES(cls):  # noqa: N802 (ComfyUI's V1 API names)
-            return {"required": {"ckpt_name": ("STRING", {"default": "tiny"}), "family": (["sdxl", "sd1", "lumina2"],)}}
+            return {"required": {"ckpt_name": ("STRING", {"default": "tiny"}),
+                                 "family": (["sdxl", "sd1", "lumina2", "flux", "sd3", "chroma"],)}}
 
         RETURN_TYPES = ("MODEL", "CLIP", "VAE")
         FUNCTION = "load"
