@@ -151,6 +151,28 @@ def register_test_nodes():
 
         return DTITestTinySanaPart
 
+    def family_part(index: int, return_type: str):
+        class DTITestTinyPart:
+            """Stands in for UNETLoader / DualCLIPLoader / TripleCLIPLoader / VAELoader: one part of a tiny model."""
+
+            @classmethod
+            def INPUT_TYPES(cls):  # noqa: N802
+                return {"required": {"name": ("STRING", {"default": "tiny"}),
+                                     "family": (["flux", "sd3", "chroma", "sdxl", "sd1", "lumina2"],)}}
+
+            RETURN_TYPES = (return_type,)
+            FUNCTION = "load"
+            CATEGORY = "testing"
+
+            def load(self, name, family):
+                return (tiny_objects(family)[index],)
+
+        return DTITestTinyPart
+
+    parts = {"DTITestTinyModel": family_part(0, "MODEL"), "DTITestTinyCLIP": family_part(1, "CLIP"),
+             "DTITestTinyVAE": family_part(2, "VAE")}
+    nodes.NODE_CLASS_MAPPINGS.update(parts)
+    _TEST_NODES.update(parts)
     nodes.NODE_CLASS_MAPPINGS["DTITestTinyCheckpoint"] = DTITestTinyCheckpoint
     nodes.NODE_CLASS_MAPPINGS["DTITestImages"] = DTITestImages
     _TEST_NODES.update(DTITestTinyCheckpoint=DTITestTinyCheckpoint, DTITestImages=DTITestImages)
