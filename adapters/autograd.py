@@ -1,5 +1,5 @@
 """What ComfyUI's models need, temporarily, to be trained through: autograd-ready weights,
-out-of-place CLIP residuals, gradient checkpointing. Every patch is undone on exit."""
+out-of-place residuals (CLIP, T5, Flux/Chroma blocks), gradient checkpointing. Every patch is undone on exit."""
 
 from __future__ import annotations
 
@@ -8,8 +8,25 @@ import types
 from collections.abc import Iterator
 
 import comfy.clip_model
+import comfy.ldm.chroma.layers
+import comfy.ldm.flux.layers
+import comfy.ldm.modules.diffusionmodules.mmdit
+import comfy.text_encoders.t5
 import torch
 import torch.utils.checkpoint
+
+# Blocks that add their residual in place (`x += f(norm(x))`, `x.addcmul_(…)`) after a norm saved x
+# for backward, and the norms concerned. Cloning each norm's input lets autograd keep its own copy,
+# so the in-place add no longer destroys it; every entry is needed (the tests drop each in turn).
+IN_PLACE_RESIDUALS: dict[type, tuple[str, ...]] = {
+    comfy.text_encoders.t5.T5LayerSelfAttention: ("layer_norm",),
+    comfy.text_encoders.t5.T5LayerFF: ("layer_norm",),
+    comfy.ldm.flux.layers.DoubleStreamBlock: ("txt_norm1", "txt_norm2"),
+    comfy.ldm.flux.layers.SingleStreamBlock: ("pre_norm",),
+    comfy.ldm.chroma.layers.DoubleStreamBlock: ("img_norm1", "img_norm2", "txt_norm1", "txt_norm2"),
+    comfy.ldm.chroma.layers.SingleStreamBlock: ("pre_norm",),
+    comfy.ldm.modules.diffusionmodules.mmdit.ContextProcessorBlock: ("norm1", "norm2"),
+}
 
 
 def make_autograd_ready(module: torch.nn.Module) -> int:
@@ -53,6 +70,38 @@ def out_of_place_clip_layers(module: torch.nn.Module) -> Iterator[int]:
     finally:
         for sub in patched:
             del sub.forward
+
+
+def _clone_input(_module, args):
+    return (args[0].clone(), *args[1:])
+
+
+@contextlib.contextmanager
+def norm_input_clones(module: torch.nn.Module, table: dict[type, tuple[str, ...]] | None = None) -> Iterator[int]:
+    """Clone the input of every norm listed in ``table`` (default IN_PLACE_RESIDUALS) inside the
+    module for the duration, so in-place residual adds leave autograd's saved tensors alone.
+
+    A forward pre-hook rather than a rewritten forward: ComfyUI's block code runs unchanged (its
+    patches, options and fp16 clamps included). Costs one activation copy per listed norm.
+    """
+    table = IN_PLACE_RESIDUALS if table is None else table
+    handles = []
+    try:
+        for sub in module.modules():
+            for name in table.get(type(sub), ()):
+                handles.append(getattr(sub, name).register_forward_pre_hook(_clone_input))
+        yield len(handles)
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@contextlib.contextmanager
+def out_of_place_residuals(module: torch.nn.Module) -> Iterator[int]:
+    """Every in-place residual the pack knows made safe for backward: CLIP layers and the blocks
+    of IN_PLACE_RESIDUALS (T5, Flux, Chroma, MMDiT's context processor); undone on exit."""
+    with out_of_place_clip_layers(module) as n_clip, norm_input_clones(module) as n_norms:
+        yield n_clip + n_norms
 
 
 @contextlib.contextmanager

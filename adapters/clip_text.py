@@ -1,4 +1,5 @@
-"""TextSide over ComfyUI's own text encoders (comfy.sd.CLIP: SD1.x, SDXL, Lumina 2's Gemma).
+"""TextSide over ComfyUI's own text encoders (comfy.sd.CLIP: SD1.x, SDXL, Lumina 2's Gemma, Flux.1's and
+SD3.5's CLIP + T5 stacks, Chroma's T5).
 
 Prompts are tokenized by a shallow copy of the CLIP's tokenizer whose `embedding:` lookup answers
 our concept with *slot* markers, so the layout — 77-token sections, weights, punctuation, other
@@ -21,6 +22,7 @@ from ..dti.errors import MissingPlaceholderError
 from ..dti.templates import PLACEHOLDER
 
 if TYPE_CHECKING:
+    from ..dti.families import Encoder
     from .families import HostFamily
 
 # Characters that may follow a concept name in a prompt without being part of it.
@@ -100,13 +102,16 @@ class TextCond:
     cross_attn: torch.Tensor  # (B, L, C)
     pooled: torch.Tensor | None  # (B, P)
     attention_mask: torch.Tensor | None = None  # (B, L)
+    # Per-sample context lengths when prompts of different lengths were zero-padded to one tensor
+    # for a joint-attention model (no mask): each sample must be denoised with its own length.
+    lengths: list[int] | None = None
 
 
 def concept_tokenizer(clip, family: HostFamily, name: str, n_rows: dict[str, int], embedding_dirs: list[str] | None = None):
     """A shallow copy of clip.tokenizer that resolves `embedding:name` to slot markers."""
     tok = copy.copy(clip.tokenizer)
     for sub in family.encoders:
-        attr = family.attr(sub.key)
+        attr = family.tokenizer_attr(sub.key)
         inner = copy.copy(getattr(tok, attr))
         inner._try_get_embedding = _concept_lookup(inner._try_get_embedding, sub.key, name, n_rows[sub.key])
         if inner.embedding_directory is None:
@@ -121,7 +126,7 @@ def prepare_prompt(clip, tokenizer, family: HostFamily, prompt: str, name: str) 
     text = expand_placeholder(prompt, name)
     kwargs = {"tokenizer_options": dict(clip.tokenizer_options)} if getattr(clip, "tokenizer_options", None) else {}
     tokens = tokenizer.tokenize_with_weights(text, False, **kwargs)
-    sections = {sub.key: tokens[token_key(clip, family.attr(sub.key))] for sub in family.encoders}
+    sections = {sub.key: tokens[token_key(clip, family.tokenizer_attr(sub.key))] for sub in family.encoders}
     slots = {key: sum(isinstance(t, _Slot) for section in secs for t, _w in section) for key, secs in sections.items()}
     if min(slots.values()) == 0:
         raise MissingPlaceholderError(
@@ -133,7 +138,8 @@ def prepare_prompt(clip, tokenizer, family: HostFamily, prompt: str, name: str) 
 
 
 def token_key(clip, attr: str) -> str:
-    """Key of a sub-encoder in the token dict: SDXL uses "l"/"g", the SD1Tokenizer family its clip_name."""
+    """Key of a sub-encoder in the token dict from its tokenizer attribute: SDXL, Flux and SD3 use
+    "l"/"g" (and "t5xxl"), the SD1Tokenizer family (SD1.x, Lumina 2, Chroma) its clip_name."""
     inner = getattr(clip.tokenizer, "clip_name", None)
     if inner is not None and getattr(clip.tokenizer, "clip", None) == attr:
         return inner
@@ -146,6 +152,13 @@ def substitute(tokens: dict[str, list], rows: dict[str, torch.Tensor]) -> dict[s
     for key, sections in tokens.items():
         out[key] = [[(rows[t.key][t.index] if isinstance(t, _Slot) else t, w) for t, w in section] for section in sections]
     return out
+
+
+def token_table(module, encoder: Encoder) -> torch.Tensor:
+    """The rows of a ComfyUI sub-encoder's token table its tokenizer can produce (the family
+    table's ``reachable_rows``; the whole table where that is 0)."""
+    table = module.transformer.get_input_embeddings().weight
+    return table[: encoder.reachable_rows] if encoder.reachable_rows else table
 
 
 def vocabulary_rows(table: torch.Tensor, ids: list[int]) -> torch.Tensor:
@@ -171,7 +184,7 @@ class ClipTextSide:
         self.clip, self.family, self.name = clip, family, name
         self.model = clip.cond_stage_model
         self.subs = {sub.key: getattr(self.model, family.attr(sub.key)) for sub in family.encoders}
-        self.sub_tokenizers = {sub.key: getattr(clip.tokenizer, family.attr(sub.key)) for sub in family.encoders}
+        self.sub_tokenizers = {sub.key: getattr(clip.tokenizer, family.tokenizer_attr(sub.key)) for sub in family.encoders}
         self.prompt_wrapper = family.prompt_wrapper  # e.g. Lumina 2's system prompt around the user prompt
         self._n_rows: dict[str, int] | None = None
         self._tokenizer = None
@@ -184,7 +197,7 @@ class ClipTextSide:
         return [sub.key for sub in self.family.encoders]
 
     def vocabulary(self, key: str) -> torch.Tensor:
-        return self.subs[key].transformer.get_input_embeddings().weight
+        return token_table(self.subs[key], self.family.encoder(key))
 
     def _initializer_ids(self, key: str, words: str) -> list[int]:
         tok = self.sub_tokenizers[key]
@@ -204,9 +217,19 @@ class ClipTextSide:
 
     def encode(self, prompts: list[str], rows: dict[str, torch.Tensor]) -> TextCond:
         prepared = [self.prepare(p) for p in prompts]
-        if all(p.simple for p in prepared):
+        if all(p.simple for p in prepared) and self._batchable(prepared):
             return self._encode_batched(prepared, rows)
         return self._stack([self._encode_one(p, rows) for p in prepared])
+
+    def _batchable(self, prepared: list[PreparedPrompt]) -> bool:
+        """Whether one batched encoder call gives every prompt what it gets alone: token lists of
+        one length, or pads the encoder masks out (Gemma). T5 attends to its pads unmasked, so a
+        longer caption beside the 256-token (Flux) / 77-token (SD3) templates is encoded alone."""
+        for sub in self.family.encoders:
+            key = token_key(self.clip, self.family.tokenizer_attr(sub.key))
+            if len({len(p.tokens[key][0]) for p in prepared}) > 1 and not self.subs[sub.key].enable_attention_masks:
+                return False
+        return True
 
     # -- prompts ----------------------------------------------------------------------------------
 
@@ -245,7 +268,7 @@ class ClipTextSide:
     def _encode_batched(self, prepared: list[PreparedPrompt], rows: dict[str, torch.Tensor]) -> TextCond:
         outs = {}
         for sub in self.family.encoders:
-            key = token_key(self.clip, self.family.attr(sub.key))
+            key = token_key(self.clip, self.family.tokenizer_attr(sub.key))
             batch = [[rows[t.key][t.index] if isinstance(t, _Slot) else t for t, _w in p.tokens[key][0]] for p in prepared]
             longest = max(len(b) for b in batch)
             if any(len(b) != longest for b in batch):
@@ -257,8 +280,19 @@ class ClipTextSide:
         return self._combine(outs)
 
     def _combine(self, outs: dict[str, tuple]) -> TextCond:
+        """The batched sub-encoder outputs joined as the family's encode_token_weights joins them
+        (checked against it, prompt by prompt, in the tests)."""
         mask = None
-        if self.family.combine == "concat":
+        combine = self.family.combine
+        if combine == "flux":  # FluxClipModel: T5's sequence, CLIP-L's pooled vector
+            return TextCond(cross_attn=outs["t5xxl"][0], pooled=outs["clip_l"][1])
+        if combine == "sd3":  # SD3ClipModel: [CLIP-L ‖ CLIP-G, zero-padded to T5's width ; T5]
+            (lz, lp), (gz, gp), t5 = outs["clip_l"][:2], outs["clip_g"][:2], outs["t5xxl"][0]
+            cut = min(lz.shape[1], gz.shape[1])
+            lg = torch.cat([lz[:, :cut], gz[:, :cut]], dim=-1)
+            lg = torch.nn.functional.pad(lg, (0, t5.shape[-1] - lg.shape[-1]))  # ComfyUI pads to 4096 = T5-XXL's width
+            return TextCond(cross_attn=torch.cat([lg, t5], dim=-2), pooled=torch.cat([lp, gp], dim=-1))
+        if combine == "concat":
             zs = [outs[sub.key][0] for sub in self.family.encoders]
             cut = min(z.shape[1] for z in zs)
             cond = torch.cat([z[:, :cut] for z in zs], dim=-1)
@@ -275,9 +309,14 @@ class ClipTextSide:
         mask = o[2].get("attention_mask") if len(o) > 2 else None
         return TextCond(cross_attn=o[0], pooled=o[1], attention_mask=mask)
 
-    @staticmethod
-    def _stack(conds: list[TextCond]) -> TextCond:
+    def _stack(self, conds: list[TextCond]) -> TextCond:
         lengths = [c.cross_attn.shape[1] for c in conds]
+        if len(set(lengths)) > 1 and self.family.joint_attention and all(c.attention_mask is None for c in conds):
+            # Text and image tokens share one attention: a repeated context would change it, so pad
+            # with zero rows and record each sample's length; the denoise side cuts them back.
+            longest = max(lengths)
+            xs = [torch.nn.functional.pad(c.cross_attn, (0, 0, 0, longest - c.cross_attn.shape[1])) for c in conds]
+            return TextCond(torch.cat(xs), _cat_pooled(conds), lengths=lengths)
         if any(c.attention_mask is not None for c in conds):
             # Masked encoders (Gemma): pad to the longest prompt with zero rows and a zero mask.
             longest = max(lengths)

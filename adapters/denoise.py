@@ -3,7 +3,9 @@
 The model is called directly (a Guider assumes fixed conditioning), through BaseModel.extra_conds
 → process_cond → apply_model, with the patcher's transformer_options so other nodes' patches
 apply. apply_model returns the denoised x₀; the loss compares (x_t − x̂₀)/σ with (x_t − x₀)/σ,
-which is ε-MSE for ε-prediction models (SD1.x, SDXL) and the flow target ε − x₀ for CONST models.
+which is ε-MSE for ε-prediction models (SD1.x, SDXL) and the flow target ε − x₀ for CONST models
+(FLOW: SD3's ModelSamplingDiscreteFlow, Flux.1 schnell; FLUX: Flux.1 dev's and Chroma's
+ModelSamplingFlux — both CONST, with the model's own shift in percent_to_sigma).
 """
 
 from __future__ import annotations
@@ -16,11 +18,13 @@ from ..dti.errors import TrainingError
 from ..dti.trainer import Batch
 from .clip_text import TextCond
 
-SUPPORTED_TYPES = (comfy.model_base.ModelType.EPS, comfy.model_base.ModelType.V_PREDICTION, comfy.model_base.ModelType.FLOW)
+SUPPORTED_TYPES = (comfy.model_base.ModelType.EPS, comfy.model_base.ModelType.V_PREDICTION, comfy.model_base.ModelType.FLOW,
+                   comfy.model_base.ModelType.FLUX)
 
 
 class ModelDenoiseSide:
-    def __init__(self, patcher, device: torch.device, identical_prompt_batches: bool = False) -> None:
+    def __init__(self, patcher, device: torch.device, identical_prompt_batches: bool = False,
+                 guidance: float | None = None) -> None:
         self.patcher = patcher
         self.base = patcher.model
         self.model_type = self.base.model_type
@@ -33,6 +37,7 @@ class ModelDenoiseSide:
         self.device = device
         self.transformer_options = dict(patcher.model_options.get("transformer_options", {}))
         self.identical_prompt_batches = identical_prompt_batches
+        self.guidance = guidance  # distilled-guidance input (Flux.1 dev); None: the model's own default
 
     def sample_sigmas(self, n: int, generator: torch.Generator) -> torch.Tensor:
         """Uniform timesteps over the model's own schedule (already shifted for flow models)."""
@@ -53,6 +58,11 @@ class ModelDenoiseSide:
             width=ow, height=oh, crop_w=left, crop_h=top, target_width=tw, target_height=th,
             device=self.device, noise=x_t[rows], seed=0,
         )
+        if self.guidance is not None:
+            kw["guidance"] = self.guidance
+        if cond.lengths is not None:
+            # Zero-padded to batch the text encoder (joint-attention model): back to its own length.
+            cross = cross[:, : cond.lengths[first]]
         if cond.attention_mask is not None:
             # Prompts of different lengths were padded at the end to batch the encoder; give a
             # sample back its own length, exactly what encoding it alone produces.
@@ -65,6 +75,8 @@ class ModelDenoiseSide:
         """One extra_conds call for the batch when every sample has the same size, crop and caption
         length (the usual case: one resolution, centred crops); None when they differ."""
         if cond.attention_mask is not None or (self.identical_prompt_batches and len(set(batch.prompts)) > 1):
+            return None
+        if cond.lengths is not None and len(set(cond.lengths)) > 1:
             return None
         if len(set(batch.original_sizes)) > 1 or len(set(batch.crops)) > 1:
             return None

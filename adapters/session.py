@@ -26,7 +26,7 @@ from ..dti.errors import DTIError, InputError, SaveError
 from ..dti.settings import PRECISIONS, TrainSettings
 from ..dti.templates import TEMPLATES
 from ..dti.trainer import BatchSampler, Trainer, TrainResult, initializer_rows
-from .autograd import gradient_checkpointing, make_autograd_ready
+from .autograd import gradient_checkpointing, make_autograd_ready, norm_input_clones
 from .clip_text import weights_hash
 from .denoise import ModelDenoiseSide
 from .families import HostFamily, check_model_matches
@@ -106,7 +106,8 @@ def train_concept(
             training_models(model, encoder, s.precision, s.gradient_checkpointing) as patcher,
             encoder.text_side(s.name) as text,
         ):
-            denoise = ModelDenoiseSide(patcher, patcher.load_device, identical_prompt_batches=family.identical_prompt_batches)
+            denoise = ModelDenoiseSide(patcher, patcher.load_device, identical_prompt_batches=family.identical_prompt_batches,
+                                       guidance=family.guidance)
             sampler = BatchSampler(examples, s.batch_size, crop, down, TEMPLATES[s.templates],
                                    random_crop=s.random_crop, flip=s.flip, seed=s.seed)
             trainer = Trainer(text, denoise, sampler, s, device=encoder.device, family=family)
@@ -144,7 +145,11 @@ def training_models(model, encoder: TextEncoder, precision: str = "auto", checkp
     make_autograd_ready(patcher.model)
     for module in encoder.modules:
         make_autograd_ready(module)
-    with encoder.training(), gradient_checkpointing(patcher.model.diffusion_model, checkpointing):
+    with (
+        encoder.training(),
+        norm_input_clones(patcher.model.diffusion_model),  # Flux/Chroma blocks add residuals in place
+        gradient_checkpointing(patcher.model.diffusion_model, checkpointing),
+    ):
         yield patcher
 
 

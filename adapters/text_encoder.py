@@ -14,8 +14,8 @@ import torch
 
 from ..dti.errors import UnsupportedModelError
 from ..dti.trainer import TextSide
-from .autograd import out_of_place_clip_layers
-from .clip_text import ClipTextSide, encode_conditioning
+from .autograd import out_of_place_residuals
+from .clip_text import ClipTextSide, encode_conditioning, token_table
 from .families import HostFamily, detect_clip_family
 
 
@@ -73,16 +73,16 @@ class ClipEncoder:
         return getattr(self.clip.cond_stage_model, self.family.attr(key))
 
     def table(self, key: str) -> torch.Tensor:
-        return self._sub(key).transformer.get_input_embeddings().weight
+        return token_table(self._sub(key), self.family.encoder(key))
 
     def decode(self, key: str, ids: list[int]) -> list[str]:
-        inv = getattr(getattr(self.clip.tokenizer, self.family.attr(key)), "inv_vocab", {})
+        inv = getattr(getattr(self.clip.tokenizer, self.family.tokenizer_attr(key)), "inv_vocab", {})
         return [inv.get(int(i), f"<{int(i)}>") for i in ids]
 
     def position_probe(self, key: str) -> tuple[torch.Tensor, torch.nn.Module] | None:
         text_model = getattr(self._sub(key).transformer, "text_model", None)
         if text_model is None or not hasattr(text_model, "embeddings"):
-            return None  # rotary positions (Gemma)
+            return None  # rotary positions (Gemma) or relative position biases in attention (T5)
         return text_model.embeddings.position_embedding.weight, text_model.encoder.layers[0].layer_norm1
 
     def text_side(self, name: str) -> ClipTextSide:
@@ -105,7 +105,7 @@ class ClipEncoder:
 
     @contextlib.contextmanager
     def training(self) -> Iterator[None]:
-        with out_of_place_clip_layers(self.clip.cond_stage_model):
+        with out_of_place_residuals(self.clip.cond_stage_model):
             yield
 
 

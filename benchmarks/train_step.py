@@ -2,6 +2,8 @@
 
     python benchmarks/train_step.py                  # CPU, tiny SDXL: overhead ratio, s/step, peak RSS
     python benchmarks/train_step.py --family lumina2 # CPU, tiny Lumina 2 (Gemma-2)
+    python benchmarks/train_step.py --family flux    # CPU, tiny Flux.1 dev (CLIP-L + T5, 256-token T5 sequence)
+    python benchmarks/train_step.py --family sd3     # CPU, tiny SD3.5 (CLIP-L + CLIP-G + a 4096-wide T5)
     python benchmarks/train_step.py --device cuda    # GPU, full-size SDXL shapes, random weights
 
 overhead_ratio = (DTI Train step: the pack's text side + denoise side + optimizer, exactly as the
@@ -61,7 +63,7 @@ class BareStep:
         clip_text = mod("adapters.clip_text")
         for sub in family.encoders:
             enc = text.subs[sub.key]
-            key = clip_text.token_key(text.clip, sub)
+            key = clip_text.token_key(text.clip, family.tokenizer_attr(sub.key))
             ids, slots, num_tokens = [], [], []
             for b, p in enumerate(prepared):
                 row = p.tokens[key][0]
@@ -99,7 +101,7 @@ class BareStep:
     def __call__(self, rows, generator):
         if self.family.name == "sana":
             return self._denoise(*self._text_sana(rows), generator)
-        contexts, pooled = [], None
+        contexts, pools = [], []
         for key, enc, base_emb, slots, num_tokens in self.encoders:
             emb = base_emb.clone()
             b, i, r = zip(*slots)
@@ -107,9 +109,18 @@ class BareStep:
             out = enc.transformer(None, None, embeds=emb, num_tokens=num_tokens, intermediate_output=enc.layer_idx,
                                   final_layer_norm_intermediate=enc.layer_norm_hidden_state, dtype=torch.float32)
             contexts.append(out[1] if enc.layer == "hidden" else out[0])
-            pooled = out[2] if len(out) > 2 else None
+            pooled = None
+            if len(out) > 2:
+                pooled = out[3] if not enc.return_projected_pooled and len(out) > 3 and out[3] is not None else out[2]
+            pools.append(pooled)
+        if self.family.combine == "flux":
+            return self._denoise(contexts[1], pools[0], generator)
+        if self.family.combine == "sd3":
+            lg = torch.cat(contexts[:2], dim=-1)
+            lg = torch.nn.functional.pad(lg, (0, contexts[2].shape[-1] - lg.shape[-1]))
+            return self._denoise(torch.cat([lg, contexts[2]], dim=1), torch.cat(pools[:2], dim=-1), generator)
         context = torch.cat(contexts, dim=-1) if len(contexts) > 1 else contexts[0]
-        return self._denoise(context, pooled, generator)
+        return self._denoise(context, pools[-1], generator)
 
     def _denoise(self, context, pooled, generator):
         device = self.patcher.load_device
@@ -126,9 +137,14 @@ class BareStep:
                                                target_height=th, device=device).to(device, dtype)
         elif self.family.name == "lumina2":
             kwargs["num_tokens"] = context.shape[1]
+        elif self.family.name in ("flux", "sd3"):
+            kwargs["y"] = pooled.to(device, dtype)
+            if self.family.guidance is not None and self.base.diffusion_model.params.guidance_embed:
+                kwargs["guidance"] = torch.full((n,), self.family.guidance, device=device)
         xc = self.sampling.calculate_input(sigma, x_t).to(dtype)
         out = self.base.diffusion_model(xc, self.sampling.timestep(sigma).float(), context=context.to(device, dtype), **kwargs)
-        loss = ((out.float() - noise) ** 2).mean()
+        flow = "CONST" in [c.__name__ for c in type(self.sampling).__mro__]  # flow target ε − x₀ (Flux, SD3)
+        loss = ((out.float() - (noise - x0 if flow else noise)) ** 2).mean()
         loss.backward()
         return loss
 
@@ -147,7 +163,8 @@ def measure(device, mod, model, clip, family_name, resolution, batch_size, steps
         # so the bare baseline can batch exactly the same sequences.
         templates = tr.OBJECT_TEMPLATES if family.name == "sdxl" else tr.OBJECT_TEMPLATES[:1]
         with session.training_models(model, encoder, precision, checkpointing) as patcher, encoder.text_side("bench") as text:
-            den = denoise.ModelDenoiseSide(patcher, patcher.load_device, identical_prompt_batches=family.identical_prompt_batches)
+            den = denoise.ModelDenoiseSide(patcher, patcher.load_device, identical_prompt_batches=family.identical_prompt_batches,
+                                           guidance=family.guidance)
             sampler = tr.BatchSampler(examples, batch_size, (h, h), down, templates, seed=0)
             settings = mod("dti.settings").TrainSettings(name="bench", initializer="dog", steps=10**6, lr=0.04, kappa=1e-4,
                                                          batch_size=batch_size, grad_accum=1, resolution=resolution)
@@ -180,7 +197,7 @@ def measure(device, mod, model, clip, family_name, resolution, batch_size, steps
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    ap.add_argument("--family", choices=["sdxl", "lumina2", "sana"], default="sdxl")
+    ap.add_argument("--family", choices=["sdxl", "lumina2", "sana", "flux", "sd3"], default="sdxl")
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--threads", type=int, default=1)
@@ -196,12 +213,16 @@ def main() -> None:
                 model, clip = tiny_comfy.build_model("sdxl"), tiny_comfy.build_clip("sdxl")
             elif args.family == "lumina2":
                 model, clip = tiny_comfy.build_lumina2_model(), tiny_comfy.build_gemma_clip()
+            elif args.family in ("flux", "sd3"):
+                model, clip = tiny_comfy.build_t5_model(args.family), tiny_comfy.build_t5_clip(args.family)
             else:
                 import tempfile
 
                 pack = tiny_comfy.load_extramodels(tiny_comfy.extramodels_path())
                 model, clip = tiny_comfy.build_sana(pack, Path(tempfile.mkdtemp())), tiny_comfy.build_hf_gemma()
         configs = [(128, 4, False, "auto")] if args.family == "sdxl" else [(64, 2, False, "auto")]
+        if args.family in ("flux", "sd3"):
+            configs = [(64, 2, False, "auto"), (128, 4, False, "auto")]
     else:
         with torch.inference_mode():
             if args.family == "sdxl":
@@ -211,6 +232,7 @@ def main() -> None:
                 model, clip = tiny_comfy.build_full_sana("cuda")
                 configs = [(1024, 2, False, "bf16"), (1024, 2, True, "bf16")]
             else:
+                # Flux.1 (12 B DiT + 4.7 B T5-XXL) and SD3.5 need builders like build_full_sdxl and a GPU round
                 sys.exit("full-size GPU shapes are provided for sdxl and sana")
 
     print(f"# DTI Train step, {args.family}, device {args.device}, torch {torch.__version__}, threads {args.threads}")

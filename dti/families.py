@@ -22,6 +22,10 @@ class Encoder:
     encoder_id: str  # which embedding space the rows live in; a concept for another id is refused
     label: str  # for people: "CLIP-L"
     aliases: tuple[str, ...] = ()  # other tensor keys tools write for this encoder (read only)
+    # Rows of the token table the tokenizer can produce (0: all). m*, μ statistics and nearest-token
+    # reports use only these: T5's table has 32128 rows for hardware alignment, its tokenizer 32100
+    # ids — the last 28 rows are never looked up, so they hold whatever initialization left there.
+    reachable_rows: int = 0
 
 
 @dataclass(frozen=True)
@@ -45,14 +49,20 @@ class Family:
     file_keys: tuple[str, ...]  # tensor key per encoder, in the layout stock loaders read
     defaults: TrainDefaults
     # How the encoders' outputs combine: "concat" (features side by side, pooled from the last:
-    # SDXL) or "single".
+    # SDXL), "single", "flux" (T5's sequence, CLIP-L's pooled vector) or "sd3" (CLIP-L ‖ CLIP-G
+    # features padded to T5's width, then T5's sequence after them; pooled CLIP-L ‖ CLIP-G).
     combine: str = "single"
     # The model reads one caption length for a whole batch: batch only identical prompts.
     identical_prompt_batches: bool = False
+    # Text and image tokens share the attention (Flux, MMDiT): prompts of different lengths may not
+    # be batched by repeating the shorter context, as cross-attention models allow.
+    joint_attention: bool = False
     # Stock prompts load `embedding:name` for this family (ComfyUI never does for Gemma).
     stock_embedding_prompts: bool = True
     # The host provides this family only when a third-party pack is installed.
     requires: str = ""
+    # Distilled-guidance input the model is trained at (Flux.1 dev); None: the host's default.
+    guidance: float | None = None
 
     @property
     def encoder_keys(self) -> tuple[str, ...]:
@@ -75,11 +85,17 @@ CLIP_L = Encoder("clip_l", 768, "clip-l", "CLIP-L")
 CLIP_G = Encoder("clip_g", 1280, "clip-g", "CLIP-G")
 GEMMA2 = Encoder("gemma", 2304, "gemma-2-2b", "Gemma-2-2B", aliases=("gemma2_2b",))
 GEMMA2_IT = Encoder("gemma", 2304, "gemma-2-2b-it", "Gemma-2-2B-it", aliases=("gemma2_2b",))
+# T5 v1.1 XXL encoder (Flux.1, SD3.x, Chroma): OneTrainer writes its rows under "t5".
+T5XXL = Encoder("t5xxl", 4096, "t5-v1.1-xxl", "T5-XXL", aliases=("t5",), reachable_rows=32100)
 
 # Reference defaults (DESIGN §1): SDXL 768², batch 4, 400 steps, η 0.01 × batch 4, κ 1e-4;
 # SANA batch 2 × 2 accumulation, 500 steps, κ 5e-5 at 1024² — used for every Gemma-2 flow model.
 _CLIP_DEFAULTS = dict(batch_size=4, grad_accum=1, steps=400, lr=0.04, kappa=1e-4)
 _GEMMA_DEFAULTS = TrainDefaults(resolution=1024, batch_size=2, grad_accum=2, steps=500, lr=0.04, kappa=5e-5)
+# Flux.1, SD3.5 and Chroma are flow-matching DiTs at 1024² with a large T5 sequence encoder: the
+# paper's flow-model run (SANA) is the closer reference than SDXL's ε-UNet — same loss family, same
+# resolution, same effective batch 4 at half the memory per step. κ stays SANA's 5e-5.
+_FLOW_DIT_DEFAULTS = _GEMMA_DEFAULTS
 
 FAMILIES: dict[str, Family] = {
     f.name: f
@@ -92,11 +108,19 @@ FAMILIES: dict[str, Family] = {
                stock_embedding_prompts=False),
         Family("sana", "SANA (Gemma-2-2B-it)", "SANA", (GEMMA2_IT,), ("gemma",), _GEMMA_DEFAULTS,
                identical_prompt_batches=True, stock_embedding_prompts=False, requires="ComfyUI_ExtraModels"),
+        # Guidance 1.0 for Flux.1 dev, as kohya's and ai-toolkit's Flux recipes train it: the
+        # guidance-distilled model then predicts the plain conditional velocity, so the concept is
+        # fitted to the images rather than to a guidance-amplified prediction. Schnell ignores it.
+        Family("flux", "Flux.1 (CLIP-L + T5-XXL)", "Flux.1", (CLIP_L, T5XXL), ("clip_l", "t5xxl"), _FLOW_DIT_DEFAULTS,
+               combine="flux", joint_attention=True, guidance=1.0),
+        Family("sd3", "SD3.5 (CLIP-L + CLIP-G + T5-XXL)", "SD3.5", (CLIP_L, CLIP_G, T5XXL), ("clip_l", "clip_g", "t5xxl"),
+               _FLOW_DIT_DEFAULTS, combine="sd3", joint_attention=True),
+        Family("chroma", "Chroma (T5-XXL)", "Chroma", (T5XXL,), ("t5xxl",), _FLOW_DIT_DEFAULTS, joint_attention=True),
     )
 }
 
 # Widths of encoders the pack does not train, so that a file for them is named in errors.
-OTHER_WIDTHS: dict[int, str] = {1024: "OpenCLIP-H (SD2.x)", 2560: "Gemma-3-4B", 4096: "T5-XXL (Flux, SD3)"}
+OTHER_WIDTHS: dict[int, str] = {1024: "OpenCLIP-H (SD2.x)", 2560: "Gemma-3-4B"}
 
 
 def family(name: str) -> Family:

@@ -21,8 +21,9 @@ NO_FILE = "(none)"
 def _positional(encoder, key: str, rows: torch.Tensor, m_star: float, norms: torch.Tensor) -> str:
     probe = encoder.position_probe(key)
     if probe is None:
-        return ("positional attenuation: not applicable — this encoder uses rotary positions inside attention, so there "
-                "is no additive position signal for a large norm to drown")
+        return ("positional attenuation: not applicable — this encoder adds no position table to its tokens (rotary "
+                "positions in Gemma, relative position biases in T5's attention), so there is no additive position "
+                "signal for a large norm to drown")
     position_table, ln = probe
     positions = position_table.detach().float().cpu()
     vocab = encoder.table(key).detach()

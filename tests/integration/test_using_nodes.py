@@ -85,7 +85,7 @@ def test_load_embedding_refuses_files_for_another_model(pack, embeddings):
     safetensors.torch.save_file({"emb_params": torch.randn(1, 768)}, str(embeddings / "real_sd15.safetensors"))
     make_concept(pack, "sd1_only", 2, family="sd1")
     before = sorted(p.name for p in embeddings.iterdir())
-    for name, match in (("real_sd15.safetensors", r"768 wide — CLIP-L \(SD1.x, or SDXL's first encoder\) — but this CLIP is SDXL"),
+    for name, match in (("real_sd15.safetensors", r"768 wide — CLIP-L \(SD1.x, or SDXL's first encoder, .*\) — but this CLIP is SDXL"),
                         ("sd1_only.safetensors", r"rows for SD1.x — but this CLIP is SDXL .*missing clip_g")):
         outputs, executor, messages = run_prompt({"1": loader(), "2": load_node(name)}, expect_success=False)
         errors = [d for e, d in messages if e == "execution_error"]

@@ -63,7 +63,10 @@ def test_every_workflow_ships_with_a_thumbnail_and_uses_stock_model_names():
         wf = json.loads((WORKFLOWS / f"{name}.json").read_text())
         for node in wf["nodes"]:
             if node["type"] == "CheckpointLoaderSimple":
-                assert node["widgets_values"][0] in ("sd_xl_base_1.0.safetensors", "lumina_2.safetensors")
+                assert node["widgets_values"][0] in ("sd_xl_base_1.0.safetensors", "lumina_2.safetensors",
+                                                     "sd3.5_medium.safetensors")
+            if node["type"] == "UNETLoader":
+                assert node["widgets_values"][0] == "flux1-dev.safetensors"
 
 
 @pytest.mark.parametrize("name", sorted(EXAMPLES))

@@ -104,6 +104,9 @@ def tiny_objects(family: str):
         with torch.inference_mode():
             if family == "lumina2":
                 TINY_CACHE[family] = (tiny_comfy.build_lumina2_model(), tiny_comfy.build_gemma_clip(), tiny_comfy.build_flux_vae())
+            elif family in ("flux", "sd3", "chroma"):
+                TINY_CACHE[family] = (tiny_comfy.build_t5_model(family), tiny_comfy.build_t5_clip(family, embedding_directory=emb),
+                                      tiny_comfy.build_flux_vae())
             elif family == "sana":
                 path = tiny_comfy.extramodels_path()
                 pack = tiny_comfy.load_extramodels(path)
@@ -125,7 +128,8 @@ def register_test_nodes():
 
         @classmethod
         def INPUT_TYPES(cls):  # noqa: N802 (ComfyUI's V1 API names)
-            return {"required": {"ckpt_name": ("STRING", {"default": "tiny"}), "family": (["sdxl", "sd1", "lumina2"],)}}
+            return {"required": {"ckpt_name": ("STRING", {"default": "tiny"}),
+                                 "family": (["sdxl", "sd1", "lumina2", "flux", "sd3", "chroma"],)}}
 
         RETURN_TYPES = ("MODEL", "CLIP", "VAE")
         FUNCTION = "load"
@@ -166,6 +170,28 @@ def register_test_nodes():
 
         return DTITestTinySanaPart
 
+    def family_part(index: int, return_type: str):
+        class DTITestTinyPart:
+            """Stands in for UNETLoader / DualCLIPLoader / TripleCLIPLoader / VAELoader: one part of a tiny model."""
+
+            @classmethod
+            def INPUT_TYPES(cls):  # noqa: N802
+                return {"required": {"name": ("STRING", {"default": "tiny"}),
+                                     "family": (["flux", "sd3", "chroma", "sdxl", "sd1", "lumina2"],)}}
+
+            RETURN_TYPES = (return_type,)
+            FUNCTION = "load"
+            CATEGORY = "testing"
+
+            def load(self, name, family):
+                return (tiny_objects(family)[index],)
+
+        return DTITestTinyPart
+
+    parts = {"DTITestTinyModel": family_part(0, "MODEL"), "DTITestTinyCLIP": family_part(1, "CLIP"),
+             "DTITestTinyVAE": family_part(2, "VAE")}
+    nodes.NODE_CLASS_MAPPINGS.update(parts)
+    _TEST_NODES.update(parts)
     nodes.NODE_CLASS_MAPPINGS["DTITestTinyCheckpoint"] = DTITestTinyCheckpoint
     nodes.NODE_CLASS_MAPPINGS["DTITestImages"] = DTITestImages
     _TEST_NODES.update(DTITestTinyCheckpoint=DTITestTinyCheckpoint, DTITestImages=DTITestImages)

@@ -22,7 +22,10 @@ from PIL import Image  # noqa: E402
 
 WORKFLOWS = tiny_comfy.PACK_ROOT / "workflows"
 NAMED_FILES = {
-    "models/checkpoints": ["sd_xl_base_1.0.safetensors", "lumina_2.safetensors"],
+    "models/checkpoints": ["sd_xl_base_1.0.safetensors", "lumina_2.safetensors", "sd3.5_medium.safetensors"],
+    "models/diffusion_models": ["flux1-dev.safetensors"],
+    "models/text_encoders": ["clip_l.safetensors", "clip_g.safetensors", "t5xxl_fp16.safetensors"],
+    "models/vae": ["ae.safetensors"],
     "models/embeddings": ["my_concept.safetensors", "concept_a.safetensors", "concept_b.safetensors",
                           "my_ti_embedding.safetensors"],
 }
@@ -51,6 +54,7 @@ def main() -> None:
     extra = tiny_comfy.extramodels_path()
     server = br.ComfyServer(tiny_comfy.find_comfyui(), extra_nodes=(extra,) if extra else ())
     for folder, files in NAMED_FILES.items():
+        (server.base / folder).mkdir(parents=True, exist_ok=True)
         for f in files:
             (server.base / folder / f).write_bytes(b"")
     (server.base / "input" / "my_concept").mkdir(exist_ok=True)

@@ -417,3 +417,100 @@ def build_full_sana(device: str = "cuda", dtype: torch.dtype = torch.bfloat16) -
     text.requires_grad_(False)
     gemma["text_encoder"] = text
     return patcher, gemma
+
+
+# ---------------------------------------------------------------------------------------------
+# T5 families: Flux.1 (CLIP-L + T5), SD3.5 (CLIP-L + CLIP-G + T5), Chroma (T5) — ComfyUI's own
+# classes and its shipped T5 tokenizer (32100 ids over a 32128-row table, as in T5 v1.1 XXL).
+#
+# Stock `embedding:` prompts accept a T5 of any width (ComfyUI checks a row's width against the
+# loaded table, not against 4096), and Flux and Chroma read T5's width from their context_in_dim,
+# so their tiny T5 is narrow. SD3ClipModel pads the CLIP features to exactly 4096 before stacking
+# T5's sequence under them: an SD3 T5 must be 4096 wide (its table alone 32128 × 4096, fp16 here).
+
+T5_TINY = {"d_ff": 64, "d_kv": 16, "num_heads": 2, "num_layers": 2}
+T5_REACHABLE = 32100  # len(ComfyUI's T5 tokenizer)
+
+
+def t5_config(width: int) -> dict:
+    return {**T5_TINY, "d_model": width}
+
+
+def _t5_random_state_dict(clip_model, seed: int) -> dict[str, torch.Tensor]:
+    """Random weights; T5's 28 rows past the tokenizer's ids get 5× larger norms, standing in for the
+    never-trained rows of a real T5 v1.1 table (so that excluding them from m* is visible)."""
+    sd = random_state_dict(clip_model, seed)
+    key = "t5xxl.transformer.shared.weight"
+    table = sd[key].float()
+    table[T5_REACHABLE:] *= 5.0
+    sd[key] = table.to(sd[key].dtype)
+    return sd
+
+
+def build_t5_clip(family: str, seed: int = 11, embedding_directory: str | None = None, width_l: int = 32,
+                  width_g: int = 48, width_t5: int | None = None, layers: int = 3):
+    """comfy.sd.CLIP of a T5 family ("flux", "sd3", "chroma") with tiny encoders, random weights."""
+    import comfy.sd
+    import comfy.text_encoders.flux
+    import comfy.text_encoders.pixart_t5
+    import comfy.text_encoders.sd3_clip
+    from comfy.supported_models_base import ClipTarget
+
+    cfg_l = {**CLIP_L, "num_hidden_layers": layers, "hidden_size": width_l, "intermediate_size": 2 * width_l}
+    cfg_g = {**CLIP_G, "num_hidden_layers": layers, "hidden_size": width_g, "intermediate_size": 2 * width_g}
+    if family == "flux":
+        target = ClipTarget(comfy.text_encoders.flux.FluxTokenizer, comfy.text_encoders.flux.flux_clip())
+        options = {"clip_l_model_config": cfg_l, "t5xxl_model_config": t5_config(width_t5 or 48)}
+    elif family == "sd3":
+        target = ClipTarget(comfy.text_encoders.sd3_clip.SD3Tokenizer, comfy.text_encoders.sd3_clip.sd3_clip())
+        options = {"clip_l_model_config": cfg_l, "clip_g_model_config": cfg_g, "t5xxl_model_config": t5_config(width_t5 or 4096)}
+    elif family == "chroma":
+        target = ClipTarget(comfy.text_encoders.pixart_t5.PixArtTokenizer, comfy.text_encoders.pixart_t5.pixart_te())
+        options = {"t5xxl_model_config": t5_config(width_t5 or 48)}
+    else:
+        raise ValueError(family)
+    clip = comfy.sd.CLIP(target=target, embedding_directory=embedding_directory, model_options=options)
+    clip.load_sd(_t5_random_state_dict(clip.cond_stage_model, seed), full_model=True)
+    return clip
+
+
+def flux_unet_config(width_l: int = 32, width_t5: int = 48, hidden: int = 64, guidance: bool = True) -> dict:
+    return {"image_model": "flux", "in_channels": 16, "out_channels": 16, "vec_in_dim": width_l, "context_in_dim": width_t5,
+            "hidden_size": hidden, "mlp_ratio": 2.0, "num_heads": 2, "depth": 1, "depth_single_blocks": 1,
+            "axes_dim": [8, 12, 12], "theta": 10000, "patch_size": 2, "qkv_bias": True, "guidance_embed": guidance}
+
+
+def sd3_unet_config(width_l: int = 32, width_g: int = 48, width_t5: int = 4096) -> dict:
+    return {"in_channels": 16, "out_channels": 16, "patch_size": 2, "depth": 1, "input_size": None,
+            "adm_in_channels": width_l + width_g, "pos_embed_max_size": 16, "num_patches": 256,
+            "pos_embed_scaling_factor": None, "x_block_self_attn_layers": [],
+            "context_embedder_config": {"target": "torch.nn.Linear", "params": {"in_features": width_t5, "out_features": 64}}}
+
+
+def chroma_unet_config(width_t5: int = 48, hidden: int = 64) -> dict:
+    return {"image_model": "chroma", "in_channels": 64, "out_channels": 64, "context_in_dim": width_t5, "hidden_size": hidden,
+            "mlp_ratio": 2.0, "num_heads": 2, "depth": 1, "depth_single_blocks": 1, "axes_dim": [8, 12, 12], "theta": 10000,
+            "patch_size": 2, "qkv_bias": True, "in_dim": 64, "out_dim": hidden, "hidden_dim": 64, "n_layers": 1}
+
+
+def build_t5_model(family: str, seed: int = 12, dtype: torch.dtype = torch.float32, **kw):
+    """A ModelPatcher around a tiny Flux.1 dev ("flux"), Flux.1 schnell ("flux_schnell"), SD3 or Chroma DiT."""
+    import comfy.model_management
+    import comfy.model_patcher
+    import comfy.supported_models
+
+    if family == "flux":
+        config = comfy.supported_models.Flux(flux_unet_config(**kw))
+    elif family == "flux_schnell":
+        config = comfy.supported_models.FluxSchnell(flux_unet_config(guidance=False, **kw))
+    elif family == "sd3":
+        config = comfy.supported_models.SD3(sd3_unet_config(**kw))
+    elif family == "chroma":
+        config = comfy.supported_models.Chroma(chroma_unet_config(**kw))
+    else:
+        raise ValueError(family)
+    config.set_inference_dtype(dtype, None)
+    model = config.get_model({})
+    model.load_model_weights(random_state_dict(model.diffusion_model, seed), "")
+    return comfy.model_patcher.ModelPatcher(model, load_device=comfy.model_management.get_torch_device(),
+                                            offload_device=comfy.model_management.unet_offload_device())

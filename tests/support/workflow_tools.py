@@ -162,7 +162,13 @@ TEST_LOADERS = {
     "SanaCheckpointLoader": "DTITestTinySana",
     "GemmaLoader": "DTITestTinyGemma",
     "ExtraVAELoader": "DTITestTinySanaVAE",
+    # separate model / text-encoder / VAE files (Flux.1, SD3.5 with its text encoders beside it)
+    "UNETLoader": "DTITestTinyModel",
+    "DualCLIPLoader": "DTITestTinyCLIP",
+    "TripleCLIPLoader": "DTITestTinyCLIP",
+    "VAELoader": "DTITestTinyVAE",
 }
+FAMILY_LOADERS = ("DTITestTinyCheckpoint", "DTITestTinyModel", "DTITestTinyCLIP", "DTITestTinyVAE")
 
 
 def swap_loaders(workflow: dict, family: str = "sdxl") -> dict:
@@ -171,7 +177,7 @@ def swap_loaders(workflow: dict, family: str = "sdxl") -> dict:
     for node in wf["nodes"]:
         if node["type"] in TEST_LOADERS:
             node["type"] = TEST_LOADERS[node["type"]]
-            node["widgets_values"] = ["tiny", family] if node["type"] == "DTITestTinyCheckpoint" else ["tiny"]
+            node["widgets_values"] = ["tiny", family] if node["type"] in FAMILY_LOADERS else ["tiny"]
     return wf
 
 
@@ -361,6 +367,65 @@ def build_train_sana() -> Graph:
     return g
 
 
+def t5_train_graph(title: str, loaders, concept: str, note_text: str, guidance: float | None, sampler, steps: int) -> Graph:
+    """Separate model, text-encoder and VAE loaders feeding DTI Train, whose conditioning is sampled.
+    ``loaders(g)`` adds the loaders and returns ((model node, slot), (clip node, slot), (vae node, slot))."""
+    g = Graph(title)
+    model_src, clip_src, vae_src = loaders(g)
+    imgs = g.add("LoadImageSetFromFolderNode", (40, 620), size=(360, 90), folder="my_concept", resize_method="None")
+    train = train_nodes(g, (450, 80), concept, "a photo of {} on a beach at sunset")
+    for (node, slot), name in zip((model_src, clip_src, vae_src), ("model", "clip", "vae")):
+        g.link(node, slot, train, name)
+    g.link(imgs, 0, train, "images")
+    plot = g.add("PreviewImage", (880, 640), size=(420, 320), title="Loss and norms")
+    g.link(train, 2, plot, "images")
+    summary = g.add("PreviewAny", (1330, 640), size=(420, 240), title="Training summary")
+    g.link(train, 3, summary, "source")
+    positive = (train, 1)
+    if guidance is not None:
+        fg = g.add("FluxGuidance", (880, 500), size=(300, 60), guidance=guidance)
+        g.link(train, 1, fg, "conditioning")
+        positive = (fg, 0)
+    sampler_tail(g, model_src[0], positive, 880, 80, 1024, 1024, prefix=concept, latent_type="EmptySD3LatentImage",
+                 sampler=sampler, steps=steps, sources=(model_src, clip_src, vae_src))
+    note(g, (40, 760), note_text, size=(360, 300))
+    return g
+
+
+def build_train_flux() -> Graph:
+    def loaders(g: Graph):
+        unet = g.add("UNETLoader", (40, 80), size=(360, 90), unet_name="flux1-dev.safetensors", weight_dtype="default")
+        clip = g.add("DualCLIPLoader", (40, 220), size=(360, 130), clip_name1="clip_l.safetensors",
+                     clip_name2="t5xxl_fp16.safetensors", type="flux")
+        vae = g.add("VAELoader", (40, 400), size=(360, 60), vae_name="ae.safetensors")
+        return (unet, 0), (clip, 0), (vae, 0)
+
+    return t5_train_graph(
+        "DTI: train a Flux.1 concept (CLIP-L + T5-XXL) and sample with it", loaders, "my_concept_flux",
+        "**DTI Train on Flux.1** learns one direction per encoder: CLIP-L (its pooled vector conditions Flux) and "
+        "T5-XXL (the sequence the DiT attends to), each at its own m*. Flux dev is trained at guidance 1.0, as the "
+        "usual Flux trainers do; sample with FluxGuidance 3.5 as usual. Defaults: 1024², batch 2 × 2, 500 steps, "
+        "angle 0.04/step, κ 5e-5. The saved file has `clip_l` and `t5xxl` rows, so `embedding:my_concept_flux` works "
+        "in any stock prompt.",
+        guidance=3.5, sampler=("euler", "simple", 1.0), steps=20)
+
+
+def build_train_sd35() -> Graph:
+    def loaders(g: Graph):
+        ckpt = g.add("CheckpointLoaderSimple", (40, 80), size=(360, 100), ckpt_name="sd3.5_medium.safetensors")
+        clip = g.add("TripleCLIPLoader", (40, 230), size=(360, 130), clip_name1="clip_l.safetensors",
+                     clip_name2="clip_g.safetensors", clip_name3="t5xxl_fp16.safetensors")
+        return (ckpt, 0), (clip, 0), (ckpt, 2)
+
+    return t5_train_graph(
+        "DTI: train an SD3.5 concept (CLIP-L + CLIP-G + T5-XXL) and sample with it", loaders, "my_concept_sd35",
+        "**DTI Train on SD3.5** learns one direction per encoder — CLIP-L, CLIP-G and T5-XXL — each at its own m*, "
+        "with SD3's flow-matching loss and shift. Defaults: 1024², batch 2 × 2, 500 steps, angle 0.04/step, κ 5e-5. "
+        "The saved file has `clip_l`, `clip_g` and `t5xxl` rows, so `embedding:my_concept_sd35` works in any stock "
+        "prompt.",
+        guidance=None, sampler=("euler", "sgm_uniform", 4.5), steps=28)
+
+
 EXAMPLES = {
     "dti_train_sdxl": build_train_sdxl,
     "dti_load_and_sample": build_load_and_sample,
@@ -368,8 +433,11 @@ EXAMPLES = {
     "dti_inspect_ti_vs_dti": build_inspect,
     "dti_train_lumina2": build_train_lumina2,
     "dti_train_sana": build_train_sana,
+    "dti_train_flux": build_train_flux,
+    "dti_train_sd35": build_train_sd35,
 }
-FAMILY = {"dti_train_lumina2": "lumina2", "dti_train_sana": "sana"}  # the rest are SDXL
+FAMILY = {"dti_train_lumina2": "lumina2", "dti_train_sana": "sana", "dti_train_flux": "flux",
+          "dti_train_sd35": "sd3"}  # the rest are SDXL
 NEEDS_EXTRAMODELS = {"dti_train_sana"}
 
 
