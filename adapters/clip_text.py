@@ -284,10 +284,12 @@ class ClipTextSide:
         (checked against it, prompt by prompt, in the tests)."""
         mask = None
         combine = self.family.combine
+        ordered = [outs[key] for key in self.family.encoder_keys]  # in the family row's encoder order
         if combine == "flux":  # FluxClipModel: T5's sequence, CLIP-L's pooled vector
-            return TextCond(cross_attn=outs["t5xxl"][0], pooled=outs["clip_l"][1])
+            clip_l, t5 = ordered
+            return TextCond(cross_attn=t5[0], pooled=clip_l[1])
         if combine == "sd3":  # SD3ClipModel: [CLIP-L ‖ CLIP-G, zero-padded to T5's width ; T5]
-            (lz, lp), (gz, gp), t5 = outs["clip_l"][:2], outs["clip_g"][:2], outs["t5xxl"][0]
+            (lz, lp), (gz, gp), t5 = ordered[0][:2], ordered[1][:2], ordered[2][0]
             cut = min(lz.shape[1], gz.shape[1])
             lg = torch.cat([lz[:, :cut], gz[:, :cut]], dim=-1)
             lg = torch.nn.functional.pad(lg, (0, t5.shape[-1] - lg.shape[-1]))  # ComfyUI pads to 4096 = T5-XXL's width

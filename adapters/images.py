@@ -6,7 +6,6 @@ import comfy.utils
 import torch
 
 from ..dti.errors import InputError, TrainingError
-from ..dti.settings import RESIZE_MODES
 from ..dti.trainer import LatentExample
 from .models import release
 
@@ -54,8 +53,6 @@ def prepare_examples(
     captions: list[str | None],
 ) -> tuple[list[LatentExample], tuple[int, int], int]:
     """Latent examples, the crop size in latent units, and the VAE's downscale factor."""
-    if mode not in RESIZE_MODES:
-        raise TrainingError(f"unknown resize mode {mode!r}; use one of {RESIZE_MODES}")
     if vae is None:
         raise TrainingError("no VAE connected: DTI Train encodes the images with the checkpoint's VAE")
     down = int(getattr(vae, "downscale_ratio", 8)) if isinstance(getattr(vae, "downscale_ratio", 8), int) else 8

@@ -26,6 +26,7 @@ from .clip_text import TextCond, vocabulary_rows
 from .families import HOST_FAMILIES
 
 TEXT_LENGTH = 300  # SANA's model_max_length: BOS + 299 selected positions
+KEY = HOST_FAMILIES["sana"].encoders[0].key  # SANA's one encoder (Gemma-2-2B-it) in the family table
 # Key DTI SANA Instruction adds to the GEMMA dict: False turns the instruction off.
 INSTRUCTION_FLAG = "dti_instruction"
 
@@ -98,7 +99,7 @@ class SanaTextSide:
     # -- TextSide protocol ----------------------------------------------------------------------
 
     def encoder_keys(self) -> list[str]:
-        return ["gemma"]
+        return [KEY]
 
     def vocabulary(self, key: str) -> torch.Tensor:
         return self.encoder.table(key)
@@ -117,8 +118,8 @@ class SanaTextSide:
         return hidden[0, len(bos):].detach().float()
 
     def bind_rows(self, n_rows: dict[str, int]) -> None:
-        if self._n_rows != n_rows["gemma"]:
-            self._n_rows = int(n_rows["gemma"])
+        if self._n_rows != n_rows[KEY]:
+            self._n_rows = int(n_rows[KEY])
             self._cache.clear()
 
     def prepare(self, prompt: str) -> _Prepared:
@@ -209,7 +210,7 @@ class SanaTextSide:
             b_idx = torch.tensor([b for b, p in enumerate(prepared) for _ in p.slots], device=device)
             p_idx = torch.tensor([pos - keep for p in prepared for pos, _r in p.slots], device=device)
             r_idx = torch.tensor([r for p in prepared for _pos, r in p.slots], device=device)
-            self._pending = (b_idx, p_idx, rows["gemma"].to(device)[r_idx])
+            self._pending = (b_idx, p_idx, rows[KEY].to(device)[r_idx])
             try:
                 hidden = self.model(ids, attention_mask=attention, past_key_values=past, use_cache=True)[0]
             finally:
@@ -232,7 +233,7 @@ class SanaTextSide:
         b_idx = torch.tensor([b for b, p in enumerate(prepared) for _ in p.slots], device=device)
         p_idx = torch.tensor([pos for p in prepared for pos, _r in p.slots], device=device)
         r_idx = torch.tensor([r for p in prepared for _pos, r in p.slots], device=device)
-        self._pending = (b_idx, p_idx, rows["gemma"].to(device)[r_idx])
+        self._pending = (b_idx, p_idx, rows[KEY].to(device)[r_idx])
         try:
             hidden = self.model(ids, mask)[0]
         finally:
@@ -269,8 +270,8 @@ class SanaGemmaEncoder:
     def conditioning(self, name: str, prompt: str, vectors: dict[str, torch.Tensor]) -> list:
         """What SanaTextEncode returns for this prompt, with the concept's rows in place."""
         with torch.no_grad(), self.text_side(name) as side:
-            side.bind_rows({"gemma": int(vectors["gemma"].shape[0])})
-            embs = side.encode([prompt], {"gemma": vectors["gemma"].detach().float()}).cross_attn
+            side.bind_rows({KEY: int(vectors[KEY].shape[0])})
+            embs = side.encode([prompt], {KEY: vectors[KEY].detach().float()}).cross_attn
         return [[embs, {}]]
 
     @property

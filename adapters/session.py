@@ -192,7 +192,7 @@ def _run(trainer: Trainer, family: HostFamily, settings: TrainSettings, node_id,
             destinations = [embeddings_folder(), unsaved_folder()] if settings.save else []
             kept = _keep_vectors(trainer, settings, text, "interrupted", type(exc).__name__, destinations)
             if isinstance(exc, DTIError):  # the pack's own errors say what was kept; others pass unchanged
-                raise type(exc)(f"{exc} Saved what was learned so far: {kept}") from exc
+                exc.args = (f"{exc} Saved what was learned so far: {kept}", *exc.args[1:])
         raise
     concept = _finish_concept(trainer, text)
     result.concept = concept

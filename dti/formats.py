@@ -366,7 +366,7 @@ def _classify(raw: dict[str, Any], path: Path, widths: dict[int, str]) -> tuple[
             if enc in out:
                 raise EmbeddingFileError(f"{path}: two tensors claim the {enc} encoder ({sorted(named)})")
             out[enc] = _as_rows(v, path, k)
-        return ("sdxl" if set(out) == {"clip_l", "clip_g"} else "onetrainer"), out
+        return ("sdxl" if set(out) == set(FAMILIES["sdxl"].encoder_keys) else "onetrainer"), out
     for k in WIDTH_KEYS:
         if k in tensors:
             rows = _as_rows(tensors[k], path, k)

@@ -22,7 +22,7 @@ from .errors import InputError, TrainingDiverged, TrainingError
 from .families import Family
 from .optim import build_optimizer
 from .settings import MAX_VECTORS, TrainSettings
-from .templates import OBJECT_TEMPLATES, STYLE_TEMPLATES, TEMPLATES  # noqa: F401  (re-exported)
+from .templates import OBJECT_TEMPLATES
 
 # --------------------------------------------------------------------------------------------
 # Protocols the host adapters implement
@@ -203,9 +203,7 @@ def initializer_rows(text: TextSide, settings: TrainSettings) -> tuple[dict[str,
     naming the count); ``vectors`` may ask for more (rows repeat) but never fewer. Cheap — a
     tokenizer and a table lookup — so the session calls it before any image is encoded.
     """
-    words = settings.initializer.strip()
-    if not words:
-        raise InputError("the initializer is empty: give a word close to the concept, e.g. 'dog' or 'painting'")
+    words = settings.initializer.strip()  # TrainSettings.check refused an empty one
     raw: dict[str, torch.Tensor] = {}
     for key in text.encoder_keys():
         rows = text.initializer_rows(key, words).detach().to(torch.float32).cpu()

@@ -62,7 +62,7 @@ class Manifest:
     jobs: list[Job] = field(default_factory=list)
 
 
-def _sha256_file(path: Path) -> str:
+def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -168,7 +168,7 @@ def load_manifest(path: str | Path, graph_override: str | Path | None = None) ->
     if "name" in defaults or "images" in defaults:
         raise ManifestError(f"{path.name}: 'name' and 'images' belong to each subject, not to [defaults]")
     graph_path = resolve_graph(str(graph_override) if graph_override else doc.get("graph"), base)
-    graph_hash = _sha256_file(graph_path)
+    graph_hash = sha256_file(graph_path)
     manifest = Manifest(path=path, graph_path=graph_path)
     seen: set[str] = set()
     hashes: dict[Path, str] = {}
@@ -183,7 +183,7 @@ def load_manifest(path: str | Path, graph_override: str | Path | None = None) ->
             raise ManifestError(f"subject {subject!r}: no 'images' (a folder or a list of files)")
         merged = {**defaults, **raw}
         images = _images(subject, raw["images"], base)
-        image_hashes = [hashes.setdefault(p, _sha256_file(p)) for p in images]
+        image_hashes = [hashes.setdefault(p, sha256_file(p)) for p in images]
         methods = _methods(subject, merged.get("methods", list(DEFAULT_METHODS)))
         settings = _settings(subject, merged)
         if "method" in settings:

@@ -16,7 +16,7 @@ from array import array
 from pathlib import Path
 from typing import Any
 
-from .manifest import Job
+from .manifest import Job, sha256_file
 
 STATE_FILE = "state.json"
 CONCEPTS = "concepts"
@@ -67,7 +67,7 @@ class State:
         if not entry or entry.get("entry_hash") != job.entry_hash or entry.get("row", {}).get("status") != "done":
             return None
         path = self.out / entry["row"]["file"]
-        if not path.is_file() or sha256_bytes(path.read_bytes()) != entry["row"]["sha256"]:
+        if not path.is_file() or sha256_file(path) != entry["row"]["sha256"]:
             return None
         return entry["row"]
 

@@ -152,16 +152,21 @@ class Pool:
             slot.ws.close()
             slot.ws = None
 
+    @staticmethod
+    def _withdraw(slot: Slot, ids: set[str] | dict[str, Any]) -> None:
+        """Delete those of ``ids`` still queued on the server and interrupt those running; nothing else."""
+        running, pending = slot.client.queue()
+        slot.client.delete_queued([p for p in pending if p in ids])
+        for pid in running:
+            if pid in ids:
+                slot.client.interrupt(pid)
+
     def _forget_abandoned(self, slot: Slot) -> None:
         """Our prompts left on a server that seemed gone but answers again: delete or stop them."""
         if not slot.abandoned:
             return
         try:
-            running, pending = slot.client.queue()
-            slot.client.delete_queued([p for p in pending if p in slot.abandoned])
-            for pid in running:
-                if pid in slot.abandoned:
-                    slot.client.interrupt(pid)
+            self._withdraw(slot, slot.abandoned)
         except (ServerDown, Refused) as e:
             self.log(f"{slot.label}: could not withdraw abandoned prompts ({e})")
         slot.abandoned.clear()
@@ -242,7 +247,7 @@ class Pool:
                 pass
             now = time.monotonic()
             for slot in self.slots:
-                if slot.alive and (slot.check_now or now >= next_poll or slot.ws is None and now >= next_poll):
+                if slot.alive and (slot.check_now or now >= next_poll):
                     slot.check_now = False
                     self._check(slot)
             if now >= next_poll:
@@ -361,6 +366,8 @@ class Pool:
                     slot.runs.pop(pid, None)
         except ServerDown as e:
             self._down(slot, str(e))
+        except Refused as e:  # a 4xx on /queue or /history: try again at the next poll
+            self.log(f"{slot.label}: could not read the queue or history ({e}); retrying")
 
     def _settle(self, slot: Slot, run: Run, entry: dict[str, Any]) -> None:
         status = entry.get("status") or {}
@@ -481,18 +488,17 @@ class Pool:
         for slot in self.slots:
             if not slot.alive or not slot.runs:
                 continue
+            runs = list(slot.runs.values())  # _cleanup may find the server gone, and _down clears slot.runs
+            for run in runs:
+                run.status = "cancelled"
             try:
-                running, pending = slot.client.queue()
-                slot.client.delete_queued([p for p in pending if p in slot.runs])
-                for pid in running:
-                    if pid in slot.runs:
-                        slot.client.interrupt(pid)
-                for run in slot.runs.values():
-                    run.status = "cancelled"
-                    self._cleanup(slot, graphs.staging_folder(run.job))
+                self._withdraw(slot, slot.runs)
+                for run in runs:
+                    if slot.alive:
+                        self._cleanup(slot, graphs.staging_folder(run.job))
             except (ServerDown, Refused) as e:
                 self.log(f"{slot.label}: could not withdraw ({e})")
-                self.state.stale.setdefault(slot.url, []).extend(graphs.staging_folder(r.job) for r in slot.runs.values())
+                self.state.stale.setdefault(slot.url, []).extend(graphs.staging_folder(r.job) for r in runs)
             slot.runs.clear()
         for run in self.runs:
             if run.status == "pending":
