@@ -127,15 +127,20 @@ def weighted_mean(concepts: Sequence[Concept], weights: Sequence[float] | None =
     )
 
 
+def _numbers(text: str, error: str) -> list[float]:
+    """A comma- (or semicolon-) separated list of numbers, or BlendError(error)."""
+    try:
+        return [float(x) for x in text.replace(";", ",").split(",") if x.strip()]
+    except ValueError:
+        raise BlendError(error) from None
+
+
 def parse_weights(text: str) -> list[float] | None:
     """'1, 1, 2' → [1.0, 1.0, 2.0]; empty → None (equal weights)."""
     text = (text or "").strip()
     if not text:
         return None
-    try:
-        values = [float(x) for x in text.replace(";", ",").split(",") if x.strip()]
-    except ValueError:
-        raise BlendError(f"weights {text!r} must be numbers separated by commas, e.g. 1, 1, 2") from None
+    values = _numbers(text, f"weights {text!r} must be numbers separated by commas, e.g. 1, 1, 2")
     if len(values) > MAX_CONCEPTS:
         raise BlendError(f"weights {text!r} gives {len(values)} numbers; at most {MAX_CONCEPTS} (one per concept input)")
     bad = [v for v in values if not (math.isfinite(v) and v >= 0)]
@@ -161,10 +166,7 @@ def parse_t_values(text: str) -> list[float]:
             raise BlendError(f"range {text!r}: count is {count}; it must be 1–{MAX_T_VALUES} (one image per t value)")
         values = [start + (stop - start) * i / max(count - 1, 1) for i in range(count)]
     else:
-        try:
-            values = [float(x) for x in text.replace(";", ",").split(",") if x.strip()]
-        except ValueError:
-            raise BlendError(f"t values {text!r} must be numbers separated by commas, e.g. 0, 0.5, 1") from None
+        values = _numbers(text, f"t values {text!r} must be numbers separated by commas, e.g. 0, 0.5, 1")
         if len(values) > MAX_T_VALUES:
             raise BlendError(f"{len(values)} t values; at most {MAX_T_VALUES} (one image per t value)")
     bad = [v for v in values if not (0.0 <= v <= 1.0)]

@@ -54,15 +54,19 @@ def row_norms(table: torch.Tensor, chunk_rows: int = 16384) -> torch.Tensor:
     return out
 
 
+def _require_rows(live: int) -> None:
+    if live == 0:
+        raise UnsupportedModelError("the token-embedding table has no non-zero rows; load the text encoder's weights (is it a "
+                                    "placeholder or an unloaded model?)")
+
+
 def norm_stats(table: torch.Tensor, norms: torch.Tensor | None = None) -> NormStats:
     """Statistics of the table's non-zero row norms (pass ``norms`` from row_norms to reuse them)."""
     if table.ndim != 2:
         raise ValueError(f"a token-embedding table must be 2-D (vocab, width), got shape {tuple(table.shape)}")
     norms = row_norms(table) if norms is None else norms.detach().float().cpu()
     norms = norms[norms > 0]
-    if norms.numel() == 0:
-        raise UnsupportedModelError("the token-embedding table has no non-zero rows; load the text encoder's weights (is it a "
-                                    "placeholder or an unloaded model?)")
+    _require_rows(int(norms.numel()))
     sorted_norms, _ = torch.sort(norms.double())
     pct = {p: float(torch.quantile(sorted_norms, p / 100.0)) for p in PERCENTILES}
     return NormStats(
@@ -173,9 +177,7 @@ def nearest_tokens(
         norms = row_norms(table, chunk_rows)
     norms = norms.to(device=table.device, dtype=torch.float32)
     live = int((norms > 0).sum())
-    if live == 0:
-        raise UnsupportedModelError("the token-embedding table has no non-zero rows; load the text encoder's weights (is it a "
-                                    "placeholder or an unloaded model?)")
+    _require_rows(live)
     k = max(1, min(int(k), live))
     pool = min(vocab, 4 * k + 32)
     q = queries.detach().to(device=table.device, dtype=torch.float32)

@@ -314,6 +314,8 @@ class Trainer:
         self._last_good = {k: p.detach().clone() for k, p in self.params.items()}
         self._nan_streak = 0
         self.notes = [i.note for i in self.inits.values() if i.note]
+        # CrossInit's pull targets, on the device once rather than every micro-batch
+        self._anchors = {k: i.anchor.to(self.device) for k, i in self.inits.items() if i.anchor is not None}
 
     # -- rows ---------------------------------------------------------------------------------
 
@@ -421,8 +423,7 @@ class Trainer:
             loss = self.denoise.loss(batch, cond, self.generator)
             if cfg.method == "crossinit":
                 pull = sum(
-                    torch.nn.functional.mse_loss(self.params[k], self.inits[k].anchor.to(self.device))
-                    for k in self.params
+                    torch.nn.functional.mse_loss(self.params[k], self._anchors[k]) for k in self.params
                 )
                 loss = loss + CROSSINIT_LAMBDA * pull
             if not bool(torch.isfinite(loss)):
