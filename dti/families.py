@@ -37,6 +37,17 @@ class TrainDefaults:
 
 
 @dataclass(frozen=True)
+class PreviewDefaults:
+    """What "family default" means for the preview sampler (ComfyUI sampler and scheduler names)."""
+
+    steps: int
+    cfg: float
+    sampler: str
+    scheduler: str
+    size: int  # square side in pixels
+
+
+@dataclass(frozen=True)
 class Family:
     name: str  # stored in concept files
     label: str  # long, for messages: "SDXL (CLIP-L + CLIP-G)"
@@ -44,6 +55,7 @@ class Family:
     encoders: tuple[Encoder, ...]
     file_keys: tuple[str, ...]  # tensor key per encoder, in the layout stock loaders read
     defaults: TrainDefaults
+    preview: PreviewDefaults
     # How the encoders' outputs combine: "concat" (features side by side, pooled from the last:
     # SDXL) or "single".
     combine: str = "single"
@@ -79,17 +91,23 @@ GEMMA2_IT = Encoder("gemma", 2304, "gemma-2-2b-it", "Gemma-2-2B-it", aliases=("g
 # SANA batch 2 × 2 accumulation, 500 steps, κ 5e-5 at 1024² — used for every Gemma-2 flow model.
 _CLIP_DEFAULTS = dict(batch_size=4, grad_accum=1, steps=400, lr=0.04, kappa=1e-4)
 _GEMMA_DEFAULTS = TrainDefaults(resolution=1024, batch_size=2, grad_accum=2, steps=500, lr=0.04, kappa=5e-5)
+# Preview sampling: each family's usual stock-workflow settings, at 20 steps to keep previews cheap.
+_SDXL_PREVIEW = PreviewDefaults(steps=20, cfg=6.0, sampler="dpmpp_2m", scheduler="karras", size=1024)
+_SD1_PREVIEW = PreviewDefaults(steps=20, cfg=7.0, sampler="dpmpp_2m", scheduler="karras", size=512)
+_LUMINA2_PREVIEW = PreviewDefaults(steps=20, cfg=4.0, sampler="res_multistep", scheduler="simple", size=1024)
+_SANA_PREVIEW = PreviewDefaults(steps=20, cfg=4.5, sampler="euler", scheduler="simple", size=1024)
 
 FAMILIES: dict[str, Family] = {
     f.name: f
     for f in (
         Family("sdxl", "SDXL (CLIP-L + CLIP-G)", "SDXL", (CLIP_L, CLIP_G), ("clip_l", "clip_g"),
-               TrainDefaults(resolution=768, **_CLIP_DEFAULTS), combine="concat"),
+               TrainDefaults(resolution=768, **_CLIP_DEFAULTS), _SDXL_PREVIEW, combine="concat"),
         # kohya/A1111 key: ComfyUI reads it through its first-tensor fallback.
-        Family("sd1", "SD1.x (CLIP-L)", "SD1.x", (CLIP_L,), ("emb_params",), TrainDefaults(resolution=512, **_CLIP_DEFAULTS)),
-        Family("lumina2", "Lumina 2 (Gemma-2-2B)", "Lumina 2", (GEMMA2,), ("gemma",), _GEMMA_DEFAULTS,
+        Family("sd1", "SD1.x (CLIP-L)", "SD1.x", (CLIP_L,), ("emb_params",), TrainDefaults(resolution=512, **_CLIP_DEFAULTS),
+               _SD1_PREVIEW),
+        Family("lumina2", "Lumina 2 (Gemma-2-2B)", "Lumina 2", (GEMMA2,), ("gemma",), _GEMMA_DEFAULTS, _LUMINA2_PREVIEW,
                stock_embedding_prompts=False),
-        Family("sana", "SANA (Gemma-2-2B-it)", "SANA", (GEMMA2_IT,), ("gemma",), _GEMMA_DEFAULTS,
+        Family("sana", "SANA (Gemma-2-2B-it)", "SANA", (GEMMA2_IT,), ("gemma",), _GEMMA_DEFAULTS, _SANA_PREVIEW,
                identical_prompt_batches=True, stock_embedding_prompts=False, requires="ComfyUI_ExtraModels"),
     )
 }

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 from dataclasses import fields
 
+import comfy.samplers
+import torch
+
 from ..adapters.folders import checkpoint_choices, checkpoints_folder
 from ..adapters.plots import to_image_tensor
 from ..adapters.session import train_concept
@@ -131,6 +134,37 @@ def run_option_inputs() -> list:
     ]
 
 
+FAMILY_DEFAULT = "default"  # preview sampler/scheduler combos: the family's choice
+
+
+def preview_option_inputs() -> list:
+    """Preview sampling while training (optional sockets, so graphs saved before them stay valid)."""
+    fam = "; -1: the family default"
+    return [
+        io.Int.Input("preview_every", default=_D.preview_every, min=0, max=100000, optional=True,
+                     tooltip="Sample the concept every N steps (and at the last step) and show the frame on the node; "
+                             "0 = no previews. Previews never change the training."),
+        io.String.Input("preview_prompt", multiline=True, default=_D.preview_prompt, optional=True,
+                        tooltip="Prompt of the preview frames, {} or embedding:name where the concept goes; empty = DTI Train's prompt."),
+        io.Int.Input("preview_steps", default=DEFAULT, min=DEFAULT, max=200, optional=True,
+                     tooltip="Sampling steps per frame" + fam + " (20)."),
+        io.Float.Input("preview_cfg", default=DEFAULT, min=DEFAULT, max=30.0, step=0.1, optional=True,
+                       tooltip="CFG of the frames" + fam + " (SDXL 6, SD1 7, Lumina 2 4, SANA 4.5)."),
+        io.Combo.Input("preview_sampler", options=[FAMILY_DEFAULT, *comfy.samplers.KSampler.SAMPLERS], default=FAMILY_DEFAULT,
+                       optional=True,
+                       tooltip="Sampler of the frames; default: dpmpp_2m (SDXL, SD1), res_multistep (Lumina 2), euler (SANA)."),
+        io.Combo.Input("preview_scheduler", options=[FAMILY_DEFAULT, *comfy.samplers.KSampler.SCHEDULERS],
+                       default=FAMILY_DEFAULT, optional=True,
+                       tooltip="Scheduler of the frames; default: karras (SDXL, SD1), simple (Lumina 2, SANA)."),
+        io.Int.Input("preview_width", default=DEFAULT, min=DEFAULT, max=4096, optional=True,
+                     tooltip="Frame width in pixels" + fam + " (SDXL, Gemma models 1024, SD1 512)."),
+        io.Int.Input("preview_height", default=DEFAULT, min=DEFAULT, max=4096, optional=True,
+                     tooltip="Frame height in pixels" + fam + "."),
+        io.Int.Input("preview_seed", default=_D.preview_seed, min=0, max=0xFFFFFFFF, optional=True,
+                     tooltip="Noise seed of every frame: fixed, so frames of different steps (and runs) compare."),
+    ]
+
+
 def main_inputs() -> list:
     return [
         io.Model.Input("model", tooltip="The diffusion model to train against (SDXL, SD1.x, Lumina 2 or SANA). It is not modified."),
@@ -156,6 +190,8 @@ def _outputs() -> list:
         io.Conditioning.Output(display_name="conditioning", tooltip="The prompt encoded with the learned concept."),
         io.Image.Output(display_name="plot", tooltip="Loss and per-encoder norm over the steps."),
         io.String.Output(display_name="summary", tooltip="What was trained, the numbers, and where it was saved."),
+        io.Image.Output(display_name="previews",
+                        tooltip="The preview frames, one per preview step, as a batch; a 1×1 black image when previews are off."),
     ]
 
 
@@ -177,6 +213,9 @@ def settings_from_inputs(values: dict) -> TrainSettings:
         field = INPUT_TO_FIELD.get(key, key)
         if field in _FIELDS:
             out[field] = value
+    for key in ("preview_sampler", "preview_scheduler"):
+        if out.get(key) == FAMILY_DEFAULT:
+            out[key] = ""
     resume = out.get("resume")
     out["resume"] = None if resume in (None, NO_RESUME) else str(checkpoints_folder() / resume)
     if "name" in out:
@@ -198,13 +237,16 @@ def check_name_and_initializer(name, initializer) -> bool | str:
     return True
 
 
-def run_training(cls, model, clip, vae, images, settings: TrainSettings, prompt: str) -> io.NodeOutput:
+def run_training(cls, model, clip, vae, images, settings: TrainSettings, prompt: str, previews: bool = True) -> io.NodeOutput:
     encoder = text_encoder(clip)
-    session = train_concept(model, clip, vae, images, settings, node_id=cls.hidden.unique_id)
+    session = train_concept(model, clip, vae, images, settings, node_id=cls.hidden.unique_id, prompt=prompt)
     conditioning = encoder.conditioning(session.settings.name, prompt, session.concept.vectors())
     plot = to_image_tensor(session.plot)
+    outputs = [session.concept, conditioning, plot, session.summary]
+    if previews:
+        outputs.append(session.previews.strip() if session.previews is not None else torch.zeros(1, 1, 1, 3))
     # The node shows the live chart (web extension) and the summary; the plot stays an output.
-    return io.NodeOutput(session.concept, conditioning, plot, session.summary, ui=ui.PreviewText(session.summary))
+    return io.NodeOutput(*outputs, ui=ui.PreviewText(session.summary))
 
 
 class DTITrainOptions(io.ComfyNode):
@@ -222,7 +264,7 @@ class DTITrainOptions(io.ComfyNode):
                                    tooltip="0 (the paper's default): every step turns each vector by exactly the learning rate. "
                                            "Above 0: the step is normalized by an EMA of the gradient norm instead."),
                     *common_option_inputs(), in_batch_size(), in_grad_accum(), *image_option_inputs(), in_vectors(),
-                    *run_option_inputs()],
+                    *run_option_inputs(), *preview_option_inputs()],
             outputs=[OptionsSocket.Output(display_name="options", tooltip="Connect to DTI Train's options input.")],
         )
 
@@ -282,7 +324,7 @@ class DTITrainLegacy(io.ComfyNode):
             inputs=[*main_inputs(), in_steps(0), in_learning_rate(0.0), in_kappa(), *common_option_inputs(),
                     in_batch_size(0), in_grad_accum(0), in_resolution(0), *image_option_inputs(),
                     in_vectors(0), *run_option_inputs()],
-            outputs=_outputs(),
+            outputs=_outputs()[:4],  # saved graphs of this node know four outputs
             hidden=[io.Hidden.unique_id],
         )
 
@@ -296,4 +338,5 @@ class DTITrainLegacy(io.ComfyNode):
         for key in cls.LEGACY_ZERO_IS_DEFAULT:
             if values.get(key) == 0:
                 values[key] = DEFAULT
-        return run_training(cls, _one(model), _one(clip), _one(vae), images, settings_from_inputs(values), _one(prompt))
+        return run_training(cls, _one(model), _one(clip), _one(vae), images, settings_from_inputs(values), _one(prompt),
+                            previews=False)
