@@ -9,12 +9,13 @@ from .inspector import DTINormInspector
 from .load import DTILoadEmbedding
 from .sana_instruction import DTISanaInstruction
 from .save import DTISaveConcept
+from .score import DTIConceptScore
 from .slerp import DTISlerpConcepts
 from .train import DTITrain, DTITrainLegacy, DTITrainOptions
 
 NODES: list[type[io.ComfyNode]] = [
     DTITrain, DTITrainOptions, DTILoadEmbedding, DTISlerpConcepts, DTINormInspector, DTISaveConcept, DTISanaInstruction,
-    DTITrainLegacy,
+    DTIConceptScore, DTITrainLegacy,
 ]
 
 
