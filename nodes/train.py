@@ -257,7 +257,8 @@ class DTITrainOptions(io.ComfyNode):
             display_name="DTI Train Options",
             category="DTI",
             description=("Every DTI Train setting that is not on the node itself: the prior, m*, batching, images, "
-                         "prompts, precision, checkpoints and saving. Connect it to DTI Train's options input; "
+                         "prompts, precision, checkpoints, saving and preview frames while training. Connect it to DTI Train's "
+                         "options input; "
                          f"{DEFAULT} means the model family's default."),
             inputs=[in_kappa(),
                     io.Float.Input("beta", default=_D.beta, min=0.0, max=0.999, step=0.001,

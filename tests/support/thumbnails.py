@@ -25,6 +25,7 @@ NAMED_FILES = {
     "models/checkpoints": ["sd_xl_base_1.0.safetensors", "lumina_2.safetensors"],
     "models/embeddings": ["my_concept.safetensors", "concept_a.safetensors", "concept_b.safetensors",
                           "my_ti_embedding.safetensors"],
+    "models/clip_vision": ["CLIP-ViT-bigG-14-laion2B-39B-b160k.safetensors"],
 }
 
 
@@ -51,6 +52,7 @@ def main() -> None:
     extra = tiny_comfy.extramodels_path()
     server = br.ComfyServer(tiny_comfy.find_comfyui(), extra_nodes=(extra,) if extra else ())
     for folder, files in NAMED_FILES.items():
+        (server.base / folder).mkdir(parents=True, exist_ok=True)
         for f in files:
             (server.base / folder / f).write_bytes(b"")
     (server.base / "input" / "my_concept").mkdir(exist_ok=True)
