@@ -110,7 +110,8 @@ function addChart(node) {
   canvas.width = CHART_WIDTH;
   canvas.height = 240;
   canvas.dataset.dtiChart = String(node.id);
-  Object.assign(canvas.style, { width: "100%", height: "240px", borderRadius: "4px" });
+  // contain: a chart widened by a preview frame scales down whole instead of being squeezed
+  Object.assign(canvas.style, { width: "100%", height: "240px", borderRadius: "4px", objectFit: "contain" });
   const widget = node.addDOMWidget("dti_live_chart", "dti-chart", canvas, { hideOnZoom: false, serialize: false });
   widget.serialize = false;
   widget.computeLayoutSize = () => ({ minHeight: 240, minWidth: 320 });

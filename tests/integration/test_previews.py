@@ -1,5 +1,7 @@
 """Preview frames while training: at the right steps, equal to a stock KSampler run, and harmless to training."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 from comfy_harness import ProgressRecorder, run_prompt, submodule
@@ -99,3 +101,30 @@ def test_preview_defaults_come_from_the_family_table_and_bad_samplers_are_refuse
             good.preview_height) == (row.steps, row.cfg, row.sampler, row.scheduler, row.size, row.size)
     other = session.resolve_settings(settings.TrainSettings(preview_every=5, preview_cfg=3.0), lumina)
     assert (other.preview_sampler, other.preview_cfg) == ("res_multistep", 3.0)
+
+
+@pytest.mark.parametrize("family", ["lumina2", "sana"])
+def test_gemma_families_preview_without_changing_the_training(pack, embeddings, family):
+    """Lumina 2 (res_multistep by default) and SANA (its own text-encode node for the negative) render frames too."""
+    import tiny_comfy
+
+    if family == "sana":
+        if tiny_comfy.extramodels_path() is None:
+            pytest.skip("ComfyUI_ExtraModels not found in ComfyUI/custom_nodes (SANA runs through that pack)")
+        tiny_comfy.load_extramodels(tiny_comfy.extramodels_path())
+    from comfy_harness import tiny_objects
+
+    session, settings = submodule(pack, "adapters.session"), submodule(pack, "dti.settings")
+    model, clip, vae = tiny_objects(family)
+    images = tiny_comfy.random_images(2, 64, 3)
+    down = 32 if family == "sana" else 8
+    base = settings.TrainSettings(name=f"prev_{family}", steps=2, batch_size=1, grad_accum=1, resolution=2 * down,
+                                  save=False)
+    previewing = replace(base, preview_every=1, preview_steps=2, preview_width=2 * down, preview_height=2 * down)
+    on = session.train_concept(model, clip, vae, images, previewing, prompt="a photo of {}")
+    off = session.train_concept(model, clip, vae, images, base, prompt="a photo of {}")
+    assert [f.step for f in on.previews.frames] == [1, 2] and off.previews is None
+    assert on.previews.strip().shape == (2, 2 * down, 2 * down, 3)
+    assert on.settings.preview_sampler == on.family.row.preview.sampler
+    for key, rows in on.concept.vectors().items():
+        assert torch.equal(rows, off.concept.vectors()[key])
