@@ -149,3 +149,28 @@ def stack_vertically(images: list[Image.Image]) -> Image.Image:
         out.paste(im, (0, y))
         y += im.height
     return out
+
+
+def tensor_to_pil(image: torch.Tensor) -> Image.Image:
+    """One ComfyUI image [H, W, C] (or [1, H, W, C]) in 0..1 → PIL, rounded as SaveImage does."""
+    if image.ndim == 4:
+        image = image[0]
+    array = np.clip(255.0 * image[..., :3].float().cpu().numpy(), 0, 255).astype(np.uint8)
+    return Image.fromarray(array)
+
+
+def with_frame(chart: Image.Image, frame: torch.Tensor | None, caption: str = "") -> Image.Image:
+    """The chart with a sample frame beside it, scaled to the chart's height (the chart alone without one)."""
+    if frame is None:
+        return chart
+    picture = tensor_to_pil(frame)
+    scale = chart.height / picture.height
+    picture = picture.resize((max(1, round(picture.width * scale)), chart.height), Image.Resampling.LANCZOS)
+    out = Image.new("RGB", (chart.width + picture.width, chart.height), BG)
+    out.paste(chart, (0, 0))
+    out.paste(picture, (chart.width, 0))
+    if caption:
+        draw = ImageDraw.Draw(out)
+        draw.rectangle([chart.width, 0, chart.width + 8 + 7 * len(caption), 20], fill=BG)
+        draw.text((chart.width + 4, 3), caption, fill=FG, font=_font())
+    return out

@@ -274,6 +274,15 @@ class SanaGemmaEncoder:
             embs = side.encode([prompt], {KEY: vectors[KEY].detach().float()}).cross_attn
         return [[embs, {}]]
 
+    def plain_conditioning(self, prompt: str) -> list:
+        """What ExtraModels' SanaTextEncode node returns for the prompt (it is the node that runs)."""
+        import nodes
+
+        encode = nodes.NODE_CLASS_MAPPINGS.get("SanaTextEncode")
+        if encode is None:
+            raise UnsupportedModelError("SANA previews need ComfyUI_ExtraModels' SanaTextEncode node, which is not loaded")
+        return encode().encode(prompt, self.gemma)[0]
+
     @property
     def patchers(self) -> list:
         return []  # the HF model is not managed by ComfyUI

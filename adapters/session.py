@@ -32,7 +32,9 @@ from .denoise import ModelDenoiseSide
 from .families import HostFamily, check_model_matches
 from .folders import checkpoints_folder, embeddings_folder, unsaved_folder
 from .images import flatten_images, prepare_examples, split_captions
-from .plots import training_plot
+from .models import release
+from .plots import training_plot, with_frame
+from .preview import Previews, check_sampler
 from .progress import Progress, check_interrupted
 from .text_encoder import TextEncoder, text_encoder
 
@@ -48,6 +50,7 @@ class SessionResult:
     checkpoints: list[Path] = field(default_factory=list)
     summary: str = ""
     plot: Any = None  # PIL image
+    previews: Previews | None = None  # the frames sampled while training (None when previews are off)
 
 
 def compute_dtype(precision: str, patcher) -> torch.dtype | None:
@@ -67,11 +70,13 @@ def compute_dtype(precision: str, patcher) -> torch.dtype | None:
 
 def resolve_settings(settings: TrainSettings, family: HostFamily) -> TrainSettings:
     """The settings with the family's defaults filled in, checked (InputError names the setting)."""
-    resolved = settings.resolve(family.defaults)
+    resolved = settings.resolve(family.defaults, family.preview)
     resolved.check()
     formats.safe_name(resolved.name)
     if resolved.resume and not Path(resolved.resume).is_file():
         raise InputError(f"resume checkpoint {resolved.resume} does not exist; pick one from the list or 'none'")
+    if resolved.preview_every:
+        check_sampler(resolved.preview_sampler, resolved.preview_scheduler)
     return resolved
 
 
@@ -88,7 +93,8 @@ def train_concept(
     """Train a concept on the user's MODEL, text encoder and VAE; ``settings`` may hold family defaults.
 
     ``prompt`` is the prompt the caller encodes with the result: checked before training, like
-    everything else that can be known before the first step.
+    everything else that can be known before the first step; previews sample it when the settings
+    give no preview prompt.
     """
     encoder = text_encoder(clip)
     family = encoder.family
@@ -113,7 +119,12 @@ def train_concept(
             trainer = Trainer(text, denoise, sampler, s, device=encoder.device, family=family)
             if resume_state is not None:
                 trainer.load_state_dict(resume_state)
-            return _run(trainer, family, s, node_id, on_step, text)
+            previews = None
+            if s.preview_every:
+                previews = Previews(model, vae, encoder, s, prompt or "a photo of {}",
+                                    before=lambda: _restore_object_patches(patcher),
+                                    after=lambda: _reload_after_preview(patcher, encoder, vae))
+            return _run(trainer, family, s, node_id, on_step, text, previews)
 
 
 def preflight(encoder: TextEncoder, s: TrainSettings, prompt: str | None) -> None:
@@ -141,16 +152,32 @@ def training_models(model, encoder: TextEncoder, precision: str = "auto", checkp
     dtype = compute_dtype(precision, patcher)
     if dtype is not None:
         patcher.set_model_compute_dtype(dtype)
-    comfy.model_management.load_models_gpu([patcher, *encoder.patchers], force_full_load=True)
-    make_autograd_ready(patcher.model)
-    for module in encoder.modules:
-        make_autograd_ready(module)
+    _load_for_training(patcher, encoder)
     with (
         encoder.training(),
         norm_input_clones(patcher.model.diffusion_model),  # Flux/Chroma blocks add residuals in place
         gradient_checkpointing(patcher.model.diffusion_model, checkpointing),
     ):
         yield patcher
+
+
+def _load_for_training(patcher, encoder: TextEncoder) -> None:
+    comfy.model_management.load_models_gpu([patcher, *encoder.patchers], force_full_load=True)
+    make_autograd_ready(patcher.model)
+    for module in encoder.modules:
+        make_autograd_ready(module)
+
+
+def _restore_object_patches(patcher) -> None:
+    """Give the shared model back the attributes the training clone patched (e.g. its compute dtype),
+    so that a preview samples the MODEL as the user loaded it; the clone re-applies them on reload."""
+    patcher.unpatch_model(unpatch_weights=False)
+
+
+def _reload_after_preview(patcher, encoder: TextEncoder, vae) -> None:
+    """Sampling loaded the user's MODEL (which swaps the clone out) and the VAE: put training back as it was."""
+    release(getattr(vae, "patcher", None))
+    _load_for_training(patcher, encoder)
 
 
 def _checkpoint_path(name: str, step: int, tag: str = "step") -> Path:
@@ -164,7 +191,8 @@ def _finish_concept(trainer: Trainer, text) -> Concept:
     return concept
 
 
-def _run(trainer: Trainer, family: HostFamily, settings: TrainSettings, node_id, on_step, text) -> SessionResult:
+def _run(trainer: Trainer, family: HostFamily, settings: TrainSettings, node_id, on_step, text,
+         previews: Previews | None = None) -> SessionResult:
     m_star = {k: i.m_star for k, i in trainer.inits.items()}
     title = f"DTI Train - {settings.name} ({settings.method}, {family.label})"
     progress = Progress(settings.steps, node_id)
@@ -174,11 +202,19 @@ def _run(trainer: Trainer, family: HostFamily, settings: TrainSettings, node_id,
     def step_callback(t: Trainer, record) -> None:
         if on_step is not None:
             on_step(t, record)
+        frame = None
+        if previews is not None and previews.due(t.step):
+            frame = previews.render(t.concept().vectors(), t.step)
+        latest = previews.frames[-1] if previews is not None and previews.frames else None
         progress.update(
             t.step,
-            preview_factory=lambda: training_plot(t.history, m_star, title),
+            preview_factory=lambda: with_frame(training_plot(t.history, m_star, title), latest and latest.image,
+                                               f"step {latest.step}" if latest else ""),
             data={"loss": record.loss, "norms": record.norms, "m_star": m_star, "skipped": record.skipped},
+            force_preview=frame is not None,
         )
+        if frame is not None:
+            progress.send_frame(frame.step, frame.image)
         check_interrupted()
 
     def checkpoint_callback(t: Trainer) -> None:
@@ -206,8 +242,11 @@ def _run(trainer: Trainer, family: HostFamily, settings: TrainSettings, node_id,
                             "into the embeddings folder, or resume from the checkpoint with steps set to the steps done") from exc
     plot = training_plot(result.history, m_star, title)
     summary = _summary(result, family, settings, m_star, saved, checkpoints, time.perf_counter() - started, trainer.step - first_step)
+    if previews is not None:
+        summary += (f"\npreviews: {len(previews.frames)} frame(s) at steps {', '.join(str(f.step) for f in previews.frames)}, "
+                    f"{previews.seconds:.1f} s of sampling")
     log.info("ComfyUI-DTI: %s", summary.replace("\n", " | "))
-    return SessionResult(concept, result, family, settings, saved, checkpoints, summary, plot)
+    return SessionResult(concept, result, family, settings, saved, checkpoints, summary, plot, previews)
 
 
 def _keep_vectors(trainer: Trainer, settings: TrainSettings, text, tag: str, stopped_by: str | None,

@@ -47,6 +47,9 @@ class TextEncoder(Protocol):
     def conditioning(self, name: str, prompt: str, vectors: dict[str, torch.Tensor]) -> list:
         """CONDITIONING for a prompt with the concept's rows, exactly as the stock encode would give it."""
 
+    def plain_conditioning(self, prompt: str) -> list:
+        """CONDITIONING for a prompt without the concept, as the stock text-encode node gives it."""
+
     @property
     def patchers(self) -> list[Any]:
         """ComfyUI patchers to load with the MODEL before training (none for models ComfyUI does not manage)."""
@@ -90,6 +93,10 @@ class ClipEncoder:
 
     def conditioning(self, name: str, prompt: str, vectors: dict[str, torch.Tensor]) -> list:
         return encode_conditioning(self.clip, self.family, name, prompt, vectors)
+
+    def plain_conditioning(self, prompt: str) -> list:
+        # What CLIPTextEncode does.
+        return self.clip.encode_from_tokens_scheduled(self.clip.tokenize(prompt))
 
     @property
     def patchers(self) -> list[Any]:

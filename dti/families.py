@@ -41,6 +41,17 @@ class TrainDefaults:
 
 
 @dataclass(frozen=True)
+class PreviewDefaults:
+    """What "family default" means for the preview sampler (ComfyUI sampler and scheduler names)."""
+
+    steps: int
+    cfg: float
+    sampler: str
+    scheduler: str
+    size: int  # square side in pixels
+
+
+@dataclass(frozen=True)
 class Family:
     name: str  # stored in concept files
     label: str  # long, for messages: "SDXL (CLIP-L + CLIP-G)"
@@ -48,6 +59,7 @@ class Family:
     encoders: tuple[Encoder, ...]
     file_keys: tuple[str, ...]  # tensor key per encoder, in the layout stock loaders read
     defaults: TrainDefaults
+    preview: PreviewDefaults
     # How the encoders' outputs combine: "concat" (features side by side, pooled from the last:
     # SDXL), "single", "flux" (T5's sequence, CLIP-L's pooled vector) or "sd3" (CLIP-L ‖ CLIP-G
     # features padded to T5's width, then T5's sequence after them; pooled CLIP-L ‖ CLIP-G).
@@ -96,26 +108,37 @@ _GEMMA_DEFAULTS = TrainDefaults(resolution=1024, batch_size=2, grad_accum=2, ste
 # paper's flow-model run (SANA) is the closer reference than SDXL's ε-UNet — same loss family, same
 # resolution, same effective batch 4 at half the memory per step. κ stays SANA's 5e-5.
 _FLOW_DIT_DEFAULTS = _GEMMA_DEFAULTS
+# Preview sampling: each family's usual stock-workflow settings, at 20 steps to keep previews cheap.
+_SDXL_PREVIEW = PreviewDefaults(steps=20, cfg=6.0, sampler="dpmpp_2m", scheduler="karras", size=1024)
+_SD1_PREVIEW = PreviewDefaults(steps=20, cfg=7.0, sampler="dpmpp_2m", scheduler="karras", size=512)
+_LUMINA2_PREVIEW = PreviewDefaults(steps=20, cfg=4.0, sampler="res_multistep", scheduler="simple", size=1024)
+_SANA_PREVIEW = PreviewDefaults(steps=20, cfg=4.5, sampler="euler", scheduler="simple", size=1024)
+# Flux dev is guidance-distilled: cfg 1 (its guidance input keeps ComfyUI's default 3.5 when sampling).
+_FLUX_PREVIEW = PreviewDefaults(steps=20, cfg=1.0, sampler="euler", scheduler="simple", size=1024)
+_SD3_PREVIEW = PreviewDefaults(steps=20, cfg=4.5, sampler="euler", scheduler="sgm_uniform", size=1024)
+_CHROMA_PREVIEW = PreviewDefaults(steps=20, cfg=4.0, sampler="euler", scheduler="simple", size=1024)
 
 FAMILIES: dict[str, Family] = {
     f.name: f
     for f in (
         Family("sdxl", "SDXL (CLIP-L + CLIP-G)", "SDXL", (CLIP_L, CLIP_G), ("clip_l", "clip_g"),
-               TrainDefaults(resolution=768, **_CLIP_DEFAULTS), combine="concat"),
+               TrainDefaults(resolution=768, **_CLIP_DEFAULTS), _SDXL_PREVIEW, combine="concat"),
         # kohya/A1111 key: ComfyUI reads it through its first-tensor fallback.
-        Family("sd1", "SD1.x (CLIP-L)", "SD1.x", (CLIP_L,), ("emb_params",), TrainDefaults(resolution=512, **_CLIP_DEFAULTS)),
-        Family("lumina2", "Lumina 2 (Gemma-2-2B)", "Lumina 2", (GEMMA2,), ("gemma",), _GEMMA_DEFAULTS,
+        Family("sd1", "SD1.x (CLIP-L)", "SD1.x", (CLIP_L,), ("emb_params",), TrainDefaults(resolution=512, **_CLIP_DEFAULTS),
+               _SD1_PREVIEW),
+        Family("lumina2", "Lumina 2 (Gemma-2-2B)", "Lumina 2", (GEMMA2,), ("gemma",), _GEMMA_DEFAULTS, _LUMINA2_PREVIEW,
                stock_embedding_prompts=False),
-        Family("sana", "SANA (Gemma-2-2B-it)", "SANA", (GEMMA2_IT,), ("gemma",), _GEMMA_DEFAULTS,
+        Family("sana", "SANA (Gemma-2-2B-it)", "SANA", (GEMMA2_IT,), ("gemma",), _GEMMA_DEFAULTS, _SANA_PREVIEW,
                identical_prompt_batches=True, stock_embedding_prompts=False, requires="ComfyUI_ExtraModels"),
         # Guidance 1.0 for Flux.1 dev, as kohya's and ai-toolkit's Flux recipes train it: the
         # guidance-distilled model then predicts the plain conditional velocity, so the concept is
         # fitted to the images rather than to a guidance-amplified prediction. Schnell ignores it.
         Family("flux", "Flux.1 (CLIP-L + T5-XXL)", "Flux.1", (CLIP_L, T5XXL), ("clip_l", "t5xxl"), _FLOW_DIT_DEFAULTS,
-               combine="flux", joint_attention=True, guidance=1.0),
+               _FLUX_PREVIEW, combine="flux", joint_attention=True, guidance=1.0),
         Family("sd3", "SD3.5 (CLIP-L + CLIP-G + T5-XXL)", "SD3.5", (CLIP_L, CLIP_G, T5XXL), ("clip_l", "clip_g", "t5xxl"),
-               _FLOW_DIT_DEFAULTS, combine="sd3", joint_attention=True),
-        Family("chroma", "Chroma (T5-XXL)", "Chroma", (T5XXL,), ("t5xxl",), _FLOW_DIT_DEFAULTS, joint_attention=True),
+               _FLOW_DIT_DEFAULTS, _SD3_PREVIEW, combine="sd3", joint_attention=True),
+        Family("chroma", "Chroma (T5-XXL)", "Chroma", (T5XXL,), ("t5xxl",), _FLOW_DIT_DEFAULTS, _CHROMA_PREVIEW,
+               joint_attention=True),
     )
 }
 

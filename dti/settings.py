@@ -12,7 +12,7 @@ from dataclasses import dataclass, fields, replace
 from typing import Any
 
 from .errors import InputError
-from .families import TrainDefaults
+from .families import PreviewDefaults, TrainDefaults
 from .optim import METHODS, TI_ADAMW_LR
 from .templates import TEMPLATES
 
@@ -55,8 +55,20 @@ class TrainSettings:
     resume: str | None = None  # path of a checkpoint to continue from
     save: bool = True
     on_exists: str = "increment"
+    # Previews: every N steps the current vectors are sampled with these settings (0 = off).
+    # Empty strings and DEFAULT mean the family's preview defaults (families.py PreviewDefaults);
+    # an empty prompt means DTI Train's own prompt.
+    preview_every: int = 0
+    preview_prompt: str = ""
+    preview_steps: int = DEFAULT
+    preview_cfg: float = DEFAULT
+    preview_sampler: str = ""
+    preview_scheduler: str = ""
+    preview_width: int = DEFAULT
+    preview_height: int = DEFAULT
+    preview_seed: int = 0
 
-    def resolve(self, defaults: TrainDefaults) -> TrainSettings:
+    def resolve(self, defaults: TrainDefaults, preview: PreviewDefaults | None = None) -> TrainSettings:
         """Every DEFAULT replaced by the family's value (vectors stays DEFAULT: the initializer decides)."""
         adamw = self.method != "dti"
         pick = {
@@ -67,7 +79,19 @@ class TrainSettings:
             "grad_accum": defaults.grad_accum,
             "resolution": defaults.resolution,
         }
-        return replace(self, **{k: v for k, v in pick.items() if getattr(self, k) == DEFAULT})
+        out = replace(self, **{k: v for k, v in pick.items() if getattr(self, k) == DEFAULT})
+        return out.resolve_preview(preview) if preview is not None else out
+
+    def resolve_preview(self, preview: PreviewDefaults) -> TrainSettings:
+        """The preview settings with the family's preview defaults filled in."""
+        pick = {"preview_steps": preview.steps, "preview_cfg": preview.cfg, "preview_width": preview.size,
+                "preview_height": preview.size}
+        out = {k: v for k, v in pick.items() if getattr(self, k) == DEFAULT}
+        if not self.preview_sampler:
+            out["preview_sampler"] = preview.sampler
+        if not self.preview_scheduler:
+            out["preview_scheduler"] = preview.scheduler
+        return replace(self, **out)
 
     @property
     def m_star_policy(self) -> str | float:
@@ -111,6 +135,21 @@ class TrainSettings:
                 f"checkpoint_every {self.checkpoint_every} with {self.steps} steps would write {self.steps // self.checkpoint_every} "
                 f"checkpoints; at most {MAX_CHECKPOINTS}: set checkpoint_every to {-(-self.steps // MAX_CHECKPOINTS)} or more"
             )
+        self.check_preview()
+
+    def check_preview(self) -> None:
+        """InputError for preview settings that cannot work (sampler names are checked by the host)."""
+        if self.preview_every < 0:
+            raise InputError(f"preview_every must be ≥ 0 (0 = no previews), got {self.preview_every}")
+        if self.preview_every == 0:
+            return
+        if self.preview_steps < 1:
+            raise InputError(f"preview_steps must be ≥ 1, or -1 for the family default; got {self.preview_steps}")
+        if not (self.preview_cfg >= 0) or not math.isfinite(self.preview_cfg):
+            raise InputError(f"preview_cfg must be ≥ 0, or -1 for the family default; got {self.preview_cfg}")
+        for key in ("preview_width", "preview_height"):
+            if getattr(self, key) < 16:
+                raise InputError(f"{key} must be at least 16 pixels, or -1 for the family default; got {getattr(self, key)}")
 
     def as_info(self) -> dict[str, Any]:
         """What a saved concept records about how it was trained (format version 1's keys)."""

@@ -10,12 +10,13 @@ from .load import DTILoadEmbedding
 from .pool_export import POOL_NODES
 from .sana_instruction import DTISanaInstruction
 from .save import DTISaveConcept
+from .score import DTIConceptScore
 from .slerp import DTISlerpConcepts
 from .train import DTITrain, DTITrainLegacy, DTITrainOptions
 
 NODES: list[type[io.ComfyNode]] = [
     DTITrain, DTITrainOptions, DTILoadEmbedding, DTISlerpConcepts, DTINormInspector, DTISaveConcept, DTISanaInstruction,
-    *POOL_NODES, DTITrainLegacy,
+    *POOL_NODES, DTIConceptScore, DTITrainLegacy,
 ]
 
 

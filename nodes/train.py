@@ -10,6 +10,9 @@ from __future__ import annotations
 
 from dataclasses import fields
 
+import comfy.samplers
+import torch
+
 from ..adapters.folders import checkpoint_choices, checkpoints_folder, embeddings_folder
 from ..adapters.plots import to_image_tensor
 from ..adapters.session import train_concept
@@ -135,6 +138,37 @@ def run_option_inputs() -> list:
     ]
 
 
+FAMILY_DEFAULT = "default"  # preview sampler/scheduler combos: the family's choice
+
+
+def preview_option_inputs() -> list:
+    """Preview sampling while training (optional sockets, so graphs saved before them stay valid)."""
+    fam = "; -1: the family default"
+    return [
+        io.Int.Input("preview_every", default=_D.preview_every, min=0, max=100000, optional=True,
+                     tooltip="Sample the concept every N steps (and at the last step) and show the frame on the node; "
+                             "0 = no previews. Previews never change the training."),
+        io.String.Input("preview_prompt", multiline=True, default=_D.preview_prompt, optional=True,
+                        tooltip="Prompt of the preview frames, {} or embedding:name where the concept goes; empty = DTI Train's prompt."),
+        io.Int.Input("preview_steps", default=DEFAULT, min=DEFAULT, max=200, optional=True,
+                     tooltip="Sampling steps per frame" + fam + " (20)."),
+        io.Float.Input("preview_cfg", default=DEFAULT, min=DEFAULT, max=30.0, step=0.1, optional=True,
+                       tooltip="CFG of the frames" + fam + " (SDXL 6, SD1 7, Lumina 2 4, SANA 4.5)."),
+        io.Combo.Input("preview_sampler", options=[FAMILY_DEFAULT, *comfy.samplers.KSampler.SAMPLERS], default=FAMILY_DEFAULT,
+                       optional=True,
+                       tooltip="Sampler of the frames; default: dpmpp_2m (SDXL, SD1), res_multistep (Lumina 2), euler (SANA)."),
+        io.Combo.Input("preview_scheduler", options=[FAMILY_DEFAULT, *comfy.samplers.KSampler.SCHEDULERS],
+                       default=FAMILY_DEFAULT, optional=True,
+                       tooltip="Scheduler of the frames; default: karras (SDXL, SD1), simple (Lumina 2, SANA)."),
+        io.Int.Input("preview_width", default=DEFAULT, min=DEFAULT, max=4096, optional=True,
+                     tooltip="Frame width in pixels" + fam + " (SDXL, Gemma models 1024, SD1 512)."),
+        io.Int.Input("preview_height", default=DEFAULT, min=DEFAULT, max=4096, optional=True,
+                     tooltip="Frame height in pixels" + fam + "."),
+        io.Int.Input("preview_seed", default=_D.preview_seed, min=0, max=0xFFFFFFFF, optional=True,
+                     tooltip="Noise seed of every frame: fixed, so frames of different steps (and runs) compare."),
+    ]
+
+
 def main_inputs() -> list:
     return [
         io.Model.Input("model", tooltip="The diffusion model to train against (SDXL, SD1.x, Lumina 2 or SANA). It is not modified."),
@@ -160,6 +194,8 @@ def _outputs() -> list:
         io.Conditioning.Output(display_name="conditioning", tooltip="The prompt encoded with the learned concept."),
         io.Image.Output(display_name="plot", tooltip="Loss and per-encoder norm over the steps."),
         io.String.Output(display_name="summary", tooltip="What was trained, the numbers, and where it was saved."),
+        io.Image.Output(display_name="previews",
+                        tooltip="The preview frames, one per preview step, as a batch; a 1×1 black image when previews are off."),
     ]
 
 
@@ -181,6 +217,9 @@ def settings_from_inputs(values: dict) -> TrainSettings:
         field = INPUT_TO_FIELD.get(key, key)
         if field in _FIELDS:
             out[field] = value
+    for key in ("preview_sampler", "preview_scheduler"):
+        if out.get(key) == FAMILY_DEFAULT:
+            out[key] = ""
     resume = out.get("resume")
     out["resume"] = None if resume in (None, NO_RESUME) else str(checkpoints_folder() / resume)
     if "name" in out:
@@ -245,13 +284,16 @@ def train_checks(name, initializer, prompt) -> list:
     return checks
 
 
-def run_training(cls, model, clip, vae, images, settings: TrainSettings, prompt: str) -> io.NodeOutput:
+def run_training(cls, model, clip, vae, images, settings: TrainSettings, prompt: str, previews: bool = True) -> io.NodeOutput:
     encoder = text_encoder(clip)
     session = train_concept(model, clip, vae, images, settings, node_id=cls.hidden.unique_id, prompt=prompt)
     conditioning = encoder.conditioning(session.settings.name, prompt, session.concept.vectors())
     plot = to_image_tensor(session.plot)
+    outputs = [session.concept, conditioning, plot, session.summary]
+    if previews:
+        outputs.append(session.previews.strip() if session.previews is not None else torch.zeros(1, 1, 1, 3))
     # The node shows the live chart (web extension) and the summary; the plot stays an output.
-    return io.NodeOutput(session.concept, conditioning, plot, session.summary, ui=ui.PreviewText(session.summary))
+    return io.NodeOutput(*outputs, ui=ui.PreviewText(session.summary))
 
 
 class DTITrainOptions(io.ComfyNode):
@@ -262,22 +304,25 @@ class DTITrainOptions(io.ComfyNode):
             display_name="DTI Train Options",
             category="DTI",
             description=("Every DTI Train setting that is not on the node itself: the prior, m*, batching, images, "
-                         "prompts, precision, checkpoints and saving. Connect it to DTI Train's options input; "
+                         "prompts, precision, checkpoints, saving and preview frames while training. Connect it to DTI Train's "
+                         "options input; "
                          f"{DEFAULT} means the model family's default."),
             inputs=[in_kappa(),
                     io.Float.Input("beta", default=_D.beta, min=0.0, max=0.999, step=0.001,
                                    tooltip="0 (the paper's default): every step turns each vector by exactly the learning rate. "
                                            "Above 0: the step is normalized by an EMA of the gradient norm instead."),
                     *common_option_inputs(), in_batch_size(), in_grad_accum(), *image_option_inputs(), in_vectors(),
-                    *run_option_inputs()],
+                    *run_option_inputs(), *preview_option_inputs()],
             outputs=[OptionsSocket.Output(display_name="options", tooltip="Connect to DTI Train's options input.")],
         )
 
     @classmethod
-    def validate_inputs(cls, kappa, beta, magnitude, magnitude_value, resize, templates, precision, resume, if_exists) -> bool | str:
+    def validate_inputs(cls, kappa, beta, magnitude, magnitude_value, resize, templates, precision, resume, if_exists,
+                        preview_cfg=None, preview_sampler=None, preview_scheduler=None) -> bool | str:
         return validation.check(cls, {"kappa": kappa, "beta": beta, "magnitude": magnitude, "magnitude_value": magnitude_value,
                                       "resize": resize, "templates": templates, "precision": precision, "resume": resume,
-                                      "if_exists": if_exists})
+                                      "if_exists": if_exists, "preview_cfg": preview_cfg, "preview_sampler": preview_sampler,
+                                      "preview_scheduler": preview_scheduler})
 
     @classmethod
     def execute(cls, **values) -> io.NodeOutput:
@@ -287,16 +332,19 @@ class DTITrainOptions(io.ComfyNode):
 class _TrainNode(io.ComfyNode):
     """What DTI Train and its legacy form share: the schema's frame and the run."""
 
+    PREVIEWS = True  # the previews output (the legacy node's saved graphs know four outputs)
+
     @classmethod
     def schema(cls, node_id: str, display_name: str, description: str, inputs: list, deprecated: bool = False) -> io.Schema:
         return io.Schema(node_id=node_id, display_name=display_name, category="DTI", description=description,
                          is_experimental=True, is_output_node=True, is_input_list=True, is_deprecated=deprecated,
-                         inputs=inputs, outputs=_outputs(), hidden=[io.Hidden.unique_id])
+                         inputs=inputs, outputs=_outputs() if cls.PREVIEWS else _outputs()[:4],
+                         hidden=[io.Hidden.unique_id])
 
     @classmethod
     def run(cls, model, clip, vae, images, prompt, values: dict) -> io.NodeOutput:
         settings = settings_from_inputs({k: _one(v) for k, v in values.items()})
-        return run_training(cls, _one(model), _one(clip), _one(vae), images, settings, _one(prompt))
+        return run_training(cls, _one(model), _one(clip), _one(vae), images, settings, _one(prompt), previews=cls.PREVIEWS)
 
 
 class DTITrain(_TrainNode):
@@ -324,6 +372,7 @@ class DTITrainLegacy(_TrainNode):
     Its number inputs used 0 (kappa: -1) for "family default"; they are mapped to DEFAULT here.
     """
 
+    PREVIEWS = False
     LEGACY_ZERO_IS_DEFAULT = ("steps", "learning_rate", "batch_size", "grad_accum", "resolution", "vectors")
 
     @classmethod

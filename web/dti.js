@@ -1,5 +1,6 @@
-// ComfyUI-DTI front end: a live loss / norm chart on DTI Train, and the report text of the
-// pack's nodes shown on the node itself (the Norm Inspector's diagnosis, Train's summary, ...).
+// ComfyUI-DTI front end: a live loss / norm chart on DTI Train with the latest preview frame beside
+// it, and the report text of the pack's nodes shown on the node itself (the Norm Inspector's
+// diagnosis, Train's summary, ...).
 import { app } from "../../scripts/app.js";
 import { api } from "../../scripts/api.js";
 
@@ -57,12 +58,35 @@ function drawPanel(ctx, box, title, xs, series, hlines, logY) {
   }
 }
 
+const CHART_WIDTH = 420;
+
+function drawFrame(ctx, frame, x, h) {
+  // The preview frame fills the right side, scaled to the chart's height, with its step.
+  const img = frame.img;
+  const fw = Math.round((img.naturalWidth / Math.max(img.naturalHeight, 1)) * h);
+  ctx.drawImage(img, x, 0, fw, h);
+  ctx.fillStyle = "rgba(24, 24, 28, 0.75)"; ctx.fillRect(x, 0, 90, 18);
+  ctx.fillStyle = "#eee"; ctx.font = "11px sans-serif";
+  ctx.fillText(`sample @ ${frame.step}`, x + 4, 13);
+}
+
+function frameWidth(frame, h) {
+  if (!frame?.img?.naturalWidth) return 0;
+  return Math.round((frame.img.naturalWidth / Math.max(frame.img.naturalHeight, 1)) * h);
+}
+
 function drawChart(canvas, s, node) {
   if (node) canvas.dataset.dtiChart = String(node.id);
+  const fw = frameWidth(s?.frame, canvas.height);
+  if (canvas.width !== CHART_WIDTH + fw) canvas.width = CHART_WIDTH + fw;
   const ctx = canvas.getContext("2d");
   ctx.fillStyle = "#18181c";
   ctx.fillRect(0, 0, canvas.width, canvas.height);
-  const w = canvas.width, h = canvas.height;
+  const w = CHART_WIDTH, h = canvas.height;
+  if (fw) {
+    drawFrame(ctx, s.frame, w, h);
+    canvas.dataset.frameStep = String(s.frame.step);
+  }
   if (!s) {
     ctx.fillStyle = "#aaa"; ctx.font = "12px sans-serif";
     ctx.fillText("DTI: the loss and norm chart appears here while training runs", 10, h / 2);
@@ -83,10 +107,11 @@ function drawChart(canvas, s, node) {
 
 function addChart(node) {
   const canvas = document.createElement("canvas");
-  canvas.width = 420;
+  canvas.width = CHART_WIDTH;
   canvas.height = 240;
   canvas.dataset.dtiChart = String(node.id);
-  Object.assign(canvas.style, { width: "100%", height: "240px", borderRadius: "4px" });
+  // contain: a chart widened by a preview frame scales down whole instead of being squeezed
+  Object.assign(canvas.style, { width: "100%", height: "240px", borderRadius: "4px", objectFit: "contain" });
   const widget = node.addDOMWidget("dti_live_chart", "dti-chart", canvas, { hideOnZoom: false, serialize: false });
   widget.serialize = false;
   widget.computeLayoutSize = () => ({ minHeight: 240, minWidth: 320 });
@@ -116,6 +141,19 @@ function showText(node, text) {
 app.registerExtension({
   name: "ComfyUI-DTI",
   setup() {
+    api.addEventListener("dti.train.preview", ({ detail }) => {
+      // A sample frame of the concept at detail.step (a JPEG data URL), drawn beside the chart.
+      const id = String(detail.node);
+      const s = STATE.train[id];
+      if (!s) return;
+      const img = new Image();
+      img.onload = () => {
+        s.frame = { step: detail.step, img };
+        const node = app.graph?.getNodeById?.(Number(id)) ?? app.graph?.getNodeById?.(id);
+        if (node?.__dtiCanvas) drawChart(node.__dtiCanvas, s, node);
+      };
+      img.src = detail.image;
+    });
     api.addEventListener("dti.train.progress", ({ detail }) => {
       const id = String(detail.node);
       let s = STATE.train[id];

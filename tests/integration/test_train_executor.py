@@ -13,7 +13,7 @@ def test_pack_registers_its_nodes_through_comfyuis_loader(pack):
     assert MAIN_NODE in nodes.NODE_CLASS_MAPPINGS
     info = nodes.NODE_CLASS_MAPPINGS[MAIN_NODE].GET_NODE_INFO_V1()
     assert info["display_name"] == "DTI Train" and info["category"] == "DTI"
-    assert info["output"] == ["DTI_CONCEPT", "CONDITIONING", "IMAGE", "STRING"]
+    assert info["output"] == ["DTI_CONCEPT", "CONDITIONING", "IMAGE", "STRING", "IMAGE"]  # previews last
     for node_id in (MAIN_NODE, "DTITrainOptions", "DTITrain"):
         spec = nodes.NODE_CLASS_MAPPINGS[node_id].GET_NODE_INFO_V1()
         for section in ("required", "optional"):

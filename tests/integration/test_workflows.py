@@ -48,7 +48,8 @@ FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "before_refactor"
 
 
 def scaled_down(workflow: dict) -> dict:
-    set_train_widgets(workflow, steps=3, resolution=64, batch_size=2, if_exists="overwrite")
+    set_train_widgets(workflow, steps=3, resolution=64, batch_size=2, if_exists="overwrite", preview_width=64,
+                      preview_height=64, preview_steps=2)
     for latent in ("EmptyLatentImage", "EmptySD3LatentImage", "EmptySanaLatentImage"):
         set_widgets(workflow, latent, width=64, height=64)
     set_widgets(workflow, "KSampler", steps=2)

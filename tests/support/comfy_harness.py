@@ -192,6 +192,26 @@ def register_test_nodes():
              "DTITestTinyVAE": family_part(2, "VAE")}
     nodes.NODE_CLASS_MAPPINGS.update(parts)
     _TEST_NODES.update(parts)
+
+    class DTITestTinyClipVision:
+        """Stands in for CLIPVisionLoader: a tiny CLIP vision tower (image embeds as wide as the tiny CLIP-G's text)."""
+
+        @classmethod
+        def INPUT_TYPES(cls):  # noqa: N802
+            return {"required": {"clip_name": ("STRING", {"default": "tiny"})}}
+
+        RETURN_TYPES = ("CLIP_VISION",)
+        FUNCTION = "load"
+        CATEGORY = "testing"
+
+        def load(self, clip_name):
+            if "clip_vision" not in TINY_CACHE:
+                with torch.inference_mode():
+                    TINY_CACHE["clip_vision"] = tiny_comfy.build_clip_vision("clip")
+            return (TINY_CACHE["clip_vision"],)
+
+    nodes.NODE_CLASS_MAPPINGS["DTITestTinyClipVision"] = DTITestTinyClipVision
+    _TEST_NODES.update(DTITestTinyClipVision=DTITestTinyClipVision)
     nodes.NODE_CLASS_MAPPINGS["DTITestTinyCheckpoint"] = DTITestTinyCheckpoint
     nodes.NODE_CLASS_MAPPINGS["DTITestImages"] = DTITestImages
     _TEST_NODES.update(DTITestTinyCheckpoint=DTITestTinyCheckpoint, DTITestImages=DTITestImages)

@@ -28,6 +28,7 @@ NAMED_FILES = {
     "models/vae": ["ae.safetensors"],
     "models/embeddings": ["my_concept.safetensors", "concept_a.safetensors", "concept_b.safetensors",
                           "my_ti_embedding.safetensors"],
+    "models/clip_vision": ["CLIP-ViT-bigG-14-laion2B-39B-b160k.safetensors"],
 }
 
 

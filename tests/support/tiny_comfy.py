@@ -149,6 +149,34 @@ def build_clip(family: str = "sdxl", seed: int = 1, embedding_directory: str | N
     return clip
 
 
+CLIP_VISION_CONFIGS = PACK_ROOT / "tests" / "fixtures" / "clip_vision"
+
+
+def build_clip_vision(kind: str = "clip", seed: int = 9, projection_dim: int | None = None):
+    """comfy.clip_vision.ClipVisionModel from a tiny config (fixtures/clip_vision), random fan-in weights.
+
+    "clip": a CLIP vision tower whose image embeds are 48 wide, like the tiny CLIP-G's text embeds
+    (the real pairing is ViT-bigG with CLIP-G, both 1280); ``projection_dim`` makes another width.
+    "dinov2": a DINOv2 (ComfyUI's has a fixed 518 px position table).
+    """
+    import json
+    import tempfile
+
+    import comfy.clip_vision
+
+    config = json.loads((CLIP_VISION_CONFIGS / {"clip": "tiny_clip_vision.json", "dinov2": "tiny_dinov2.json"}[kind]).read_text())
+    if projection_dim is not None:
+        config["projection_dim"] = projection_dim
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+        json.dump(config, f)
+    try:
+        model = comfy.clip_vision.ClipVisionModel(f.name)
+    finally:
+        Path(f.name).unlink()
+    model.load_sd(random_state_dict(model.model, seed))
+    return model
+
+
 def build_vae(seed: int = 2, latent_channels: int = 4):
     """A real 8×-downscaling TAESD VAE (2.4 M parameters) with random weights."""
     import comfy.sd

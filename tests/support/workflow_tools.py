@@ -167,6 +167,7 @@ TEST_LOADERS = {
     "DualCLIPLoader": "DTITestTinyCLIP",
     "TripleCLIPLoader": "DTITestTinyCLIP",
     "VAELoader": "DTITestTinyVAE",
+    "CLIPVisionLoader": "DTITestTinyClipVision",
 }
 FAMILY_LOADERS = ("DTITestTinyCheckpoint", "DTITestTinyModel", "DTITestTinyCLIP", "DTITestTinyVAE")
 
@@ -426,6 +427,55 @@ def build_train_sd35() -> Graph:
         guidance=None, sampler=("euler", "sgm_uniform", 4.5), steps=28)
 
 
+
+
+def build_score_ti_vs_dti() -> Graph:
+    g = Graph("DTI: train one subject with TI and with DTI, watch both, score both")
+    ckpt = g.add("CheckpointLoaderSimple", (40, 40), size=(330, 100), ckpt_name="sd_xl_base_1.0.safetensors")
+    imgs = g.add("LoadImageSetFromFolderNode", (40, 180), size=(330, 90), folder="my_concept", resize_method="None")
+    vision = g.add("CLIPVisionLoader", (40, 310), size=(330, 80), clip_name="CLIP-ViT-bigG-14-laion2B-39B-b160k.safetensors")
+    options = g.add("DTITrainOptions", (40, 440), size=(330, 900), preview_every=50)
+    neg = g.add("CLIPTextEncode", (1210, 1220), size=(380, 120), title="Negative prompt", text="blurry, low quality")
+    g.link(ckpt, 1, neg, "clip")
+    latent = g.add("EmptyLatentImage", (1630, 1220), size=(380, 110), width=1024, height=1024, batch_size=4)
+    for row, (method, name) in enumerate((("ti", "my_concept_ti"), ("dti", "my_concept_dti"))):
+        y = 40 + row * 590
+        train = g.add("DTITrainConcept", (420, y), size=(380, 520), title=f"DTI Train ({method})", name=name,
+                      initializer="dog", prompt="a photo of {} on a beach at sunset", method=method)
+        for i, socket in enumerate(("model", "clip", "vae")):
+            g.link(ckpt, i, train, socket)
+        g.link(imgs, 0, train, "images")
+        g.link(options, 0, train, "options")
+        ks = g.add("KSampler", (850, y), size=(320, 270), seed=42, steps=25, cfg=6.0, sampler_name="dpmpp_2m",
+                   scheduler="karras", denoise=1.0)
+        g.link(ckpt, 0, ks, "model")
+        g.link(train, 1, ks, "positive")
+        g.link(neg, 0, ks, "negative")
+        g.link(latent, 0, ks, "latent_image")
+        frames = g.add("PreviewImage", (850, y + 310), size=(320, 230), title=f"Previews while training ({method})")
+        g.link(train, 4, frames, "images")
+        dec = g.add("VAEDecode", (1210, y), size=(220, 50))
+        g.link(ks, 0, dec, "samples")
+        g.link(ckpt, 2, dec, "vae")
+        save = g.add("SaveImage", (1210, y + 90), size=(380, 450), filename_prefix=f"dti_score_{method}")
+        g.link(dec, 0, save, "images")
+        score = g.add("DTIConceptScore", (1630, y), size=(380, 200), title=f"Score ({method})",
+                      prompts="a photo of a dog on a beach at sunset")
+        g.link(dec, 0, score, "generated")
+        g.link(imgs, 0, score, "reference")
+        g.link(vision, 0, score, "clip_vision")
+        g.link(ckpt, 1, score, "clip")
+        table = g.add("PreviewAny", (1630, y + 250), size=(380, 290), title=f"{method.upper()} scores")
+        g.link(score, 2, table, "source")
+    note(g, (420, 1220), "One subject, two methods: **ti** (plain textual inversion) and **dti** share one **DTI Train "
+                         "Options** (previews every 50 steps: watch each concept form on its node). Four samples of each "
+                         "are scored against the training photos with the same CLIP ViT-bigG vision model: **CLIP-I** "
+                         "(image similarity) and **CLIP-T** (text alignment with SDXL's CLIP-G; the prompt names the class "
+                         "word, not the concept). DTI should keep CLIP-T high where TI's oversized vectors drown the prompt.",
+         size=(750, 160))
+    return g
+
+
 EXAMPLES = {
     "dti_train_sdxl": build_train_sdxl,
     "dti_load_and_sample": build_load_and_sample,
@@ -435,6 +485,7 @@ EXAMPLES = {
     "dti_train_sana": build_train_sana,
     "dti_train_flux": build_train_flux,
     "dti_train_sd35": build_train_sd35,
+    "dti_score_ti_vs_dti": build_score_ti_vs_dti,
 }
 FAMILY = {"dti_train_lumina2": "lumina2", "dti_train_sana": "sana", "dti_train_flux": "flux",
           "dti_train_sd35": "sd3"}  # the rest are SDXL

@@ -241,6 +241,37 @@ def test_live_chart_and_summary_on_dti_train(server, page, converted):
     assert shot.stat().st_size > 20_000
 
 
+def test_preview_frame_is_drawn_beside_the_chart(server, page, converted):
+    """With previews on, each new sample frame reaches the node and is drawn beside the live chart."""
+    import workflow_tools as wt
+
+    wf = json.loads(json.dumps(converted["dti_train_sdxl"][0]))
+    wt.set_train_widgets(wf, steps=4, name="web_preview", preview_every=2, preview_width=64, preview_height=64,
+                         preview_steps=2, if_exists="overwrite")
+    api = wt.to_api(wf)
+    train_id = next(k for k, v in api.items() if v["class_type"] == "DTITrainConcept")
+    canvas = f"document.querySelector('[data-dti-chart=\"{train_id}\"]')"
+    b = page.browser
+
+    async def scenario():
+        await forget_runs(b)
+        await br.load_graph(b, wf, scale=0.62)
+        await b.wait_for(f"{canvas} !== null", 10, "the chart widget")
+        await b.evaluate("window.app.queuePrompt(0, 1)")
+        await b.wait_for(f"{canvas}.dataset.frameStep === '4'", 180, "the frame of the last step")
+        width = await b.evaluate(f"{canvas}.width")
+        frame = await b.evaluate(f"window.__comfyui_dti.train['{train_id}'].frame.img.naturalWidth")
+        await asyncio.sleep(1.0)
+        await br.assert_canvas_visible(b)
+        shot = await b.screenshot(screenshot_path(server, "dti_preview"))
+        return width, frame, shot
+
+    width, frame, shot = page.run(scenario())
+    assert frame == 64  # the 64 px frame, sent as a JPEG data URL
+    assert width > 420  # the canvas grew by the frame's width: chart and frame side by side
+    assert shot.stat().st_size > 20_000
+
+
 def test_inspector_report_is_rendered_on_its_node(server, page, converted):
     wf, api = converted["dti_inspect_ti_vs_dti"]
     inspector_ids = [k for k, v in api.items() if v["class_type"] == "DTINormInspector"]
