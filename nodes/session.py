@@ -24,6 +24,7 @@ from ..dti import formats
 from ..dti.concept import Concept
 from ..dti.trainer import TEMPLATES, BatchSampler, TrainConfig, Trainer, TrainingError, TrainResult
 from . import host
+from .cast_backward import recast_in_backward
 from .clip_text import weights_hash
 from .denoise import ModelDenoiseSide, gradient_checkpointing
 from .families import Family, check_model_matches
@@ -154,7 +155,11 @@ def training_models(model, clip, precision: str = "auto", checkpointing: bool = 
     host.make_autograd_ready(patcher.model)
     for module in encoder.modules:
         host.make_autograd_ready(module)
-    with encoder.training(), gradient_checkpointing(patcher.model.diffusion_model, checkpointing):
+    with (
+        encoder.training(),
+        gradient_checkpointing(patcher.model.diffusion_model, checkpointing),
+        recast_in_backward(patcher.model.diffusion_model, *encoder.modules),
+    ):
         yield patcher
 
 
