@@ -23,6 +23,12 @@ lowvram budget 0 = full load), so the lowvram configurations force it with Comfy
 ModelPatcher.partially_unload; load and offload devices coincide there, so the only cast copies
 are the LoRA-patched weights — on a GPU the offloaded layers' device copies add to them.
 glibc is told to return large frees to the system (MALLOC_MMAP_THRESHOLD_) so RSS follows live memory.
+
+    python benchmarks/cast_memory.py --overhead   # time cost of re-casting in backward, bf16 storage
+
+--overhead runs bf16 storage in one process and alternates steps with and without the re-cast
+(interleaved, so load on the machine hits both alike); it prints the median s/step of each and
+their ratio.
 """
 
 from __future__ import annotations
@@ -121,12 +127,57 @@ def run_config(name: str, threads: int) -> None:
           f"s_per_step={seconds:.2f} build_s={built:.1f} loss={record.loss:.4g}", flush=True)
 
 
+def run_overhead(threads: int, pairs: int) -> None:
+    """bf16 storage: median step time with / without the re-cast, interleaved in one process."""
+    import statistics
+
+    import fullsize
+    from train_step import load_pack
+
+    torch.set_num_threads(threads)
+    mod = load_pack("cpu")
+    session, tr, denoise, encoders, recast = (mod(n) for n in ("nodes.session", "dti.trainer", "nodes.denoise",
+                                                               "nodes.text_encoders", "nodes.cast_backward"))
+    with torch.inference_mode():
+        model = fullsize.build_sd15_unet(torch.bfloat16, torch.float32)
+        clip = fullsize.build_sd15_clip()
+    session.recast_in_backward = lambda *modules: contextlib.nullcontext(0)  # switched per step below
+    encoder = encoders.text_encoder(clip)
+    h = RESOLUTION // 8
+    g = torch.Generator().manual_seed(0)
+    examples = [tr.LatentExample(latent=torch.randn(4, h, h, generator=g), original_size=(RESOLUTION, RESOLUTION)) for _ in range(2)]
+    times = {True: [], False: []}
+    with torch.inference_mode(False), torch.enable_grad():
+        with session.training_models(model, encoder) as patcher, encoder.text_side("bench") as text:
+            den = denoise.ModelDenoiseSide(patcher, patcher.load_device)
+            sampler = tr.BatchSampler(examples, 1, (h, h), 8, tr.OBJECT_TEMPLATES, seed=0)
+            trainer = tr.Trainer(text, den, sampler, tr.TrainConfig(steps=10**6, lr=0.04, kappa=1e-4),
+                                 name="bench", initializer="dog", device=encoder.device)
+            text.bind_rows({k: v.shape[0] for k, v in trainer.params.items()})
+            trainer.train_step()
+            for _ in range(pairs):
+                for on in (True, False):
+                    with recast.recast_in_backward(patcher.model.diffusion_model, *encoder.modules) if on else contextlib.nullcontext():
+                        t0 = time.perf_counter()
+                        trainer.train_step()
+                        times[on].append(time.perf_counter() - t0)
+    with_recast, stock = statistics.median(times[True]), statistics.median(times[False])
+    print(f"overhead bf16 s_per_step_recast={with_recast:.2f} s_per_step_stock={stock:.2f} "
+          f"recast_overhead_ratio={with_recast / stock:.3f} pairs={pairs}", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--only", choices=sorted(CONFIGS), action="append", help="run only these configurations")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--overhead", action="store_true", help="time the re-cast instead (bf16 storage, interleaved steps)")
+    ap.add_argument("--pairs", type=int, default=3, help="with --overhead: step pairs to time")
     ap.add_argument("--child", choices=sorted(CONFIGS), help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.overhead:
+        os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
+        run_overhead(args.threads, args.pairs)
+        return
     if args.child:
         run_config(args.child, args.threads)
         return
