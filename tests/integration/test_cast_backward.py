@@ -142,17 +142,23 @@ def test_fp32_copies_made_by_weight_wrappers_give_bit_identical_gradients(pack, 
     assert_same(ckpt_rows, plain_rows)
 
 
-def test_bf16_storage_with_fp32_compute_matches_fp32_storage_of_the_same_values(pack, embeddings):
-    fp32_model, fp32_clip = build_sd1(torch.float32)
+def test_bf16_storage_with_fp32_compute_matches_fp32_storage(pack, embeddings):
+    """fp32 compute on the same values is exact; against unrounded fp32 weights only bf16's rounding differs."""
+    same_model, same_clip = build_sd1(torch.float32)  # fp32 storage of the bf16-rounded values
+    exact_model, exact_clip = build_sd1(torch.float32, round_to=torch.float32)
     bf16_model, bf16_clip = build_sd1(torch.bfloat16, torch.float32)
-    assert bf16_model.model.diffusion_model.input_blocks[0][0].weight.dtype == torch.bfloat16
-    assert bf16_model.model.diffusion_model.input_blocks[0][0].comfy_cast_weights
-    ref_grads, ref_rows, _ = train(pack, fp32_model, fp32_clip)
+    layer = bf16_model.model.diffusion_model.input_blocks[0][0]
+    assert layer.weight.dtype == torch.bfloat16 and layer.comfy_cast_weights  # ComfyUI's manual cast, as for --bf16-unet
     grads, rows, _ = train(pack, bf16_model, bf16_clip)
-    # fp32 compute on identical values: exact; tolerance only for the rounding the brief allows
-    for k in ref_grads:
-        assert torch.allclose(grads[k], ref_grads[k], rtol=1e-5, atol=1e-8), float((grads[k] - ref_grads[k]).abs().max())
-        assert torch.allclose(rows[k], ref_rows[k], rtol=1e-5, atol=1e-7)
+    same_grads, same_rows, _ = train(pack, same_model, same_clip)
+    assert_same(grads, same_grads)
+    assert_same(rows, same_rows)
+    exact_grads, exact_rows, _ = train(pack, exact_model, exact_clip)
+    for k in grads:
+        rel = float((grads[k] - exact_grads[k]).norm() / exact_grads[k].norm())
+        assert 0 < rel < 0.05, rel  # measured 0.015: bf16 keeps 8 significant bits of each weight
+        rows_rel = float((rows[k] - exact_rows[k]).norm() / exact_rows[k].norm())
+        assert rows_rel < 0.01, rows_rel
     stock_grads, stock_rows, _ = train(pack, bf16_model, bf16_clip, mechanism=False)
     assert_same(grads, stock_grads)
     assert_same(rows, stock_rows)
