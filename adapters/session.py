@@ -27,6 +27,7 @@ from ..dti.settings import PRECISIONS, TrainSettings
 from ..dti.templates import TEMPLATES
 from ..dti.trainer import BatchSampler, Trainer, TrainResult, initializer_rows
 from .autograd import gradient_checkpointing, make_autograd_ready, norm_input_clones
+from .cast_backward import recast_in_backward
 from .clip_text import weights_hash
 from .denoise import ModelDenoiseSide
 from .families import HostFamily, check_model_matches
@@ -157,6 +158,8 @@ def training_models(model, encoder: TextEncoder, precision: str = "auto", checkp
         encoder.training(),
         norm_input_clones(patcher.model.diffusion_model),  # Flux/Chroma blocks add residuals in place
         gradient_checkpointing(patcher.model.diffusion_model, checkpointing),
+        # ComfyUI's cast copies of weights (bf16/fp8 storage, lowvram, LoRA) are re-cast in backward, not kept
+        recast_in_backward(patcher.model.diffusion_model, *encoder.modules),
     ):
         yield patcher
 
