@@ -166,6 +166,14 @@ def all_encoders() -> dict[str, list[Encoder]]:
 ENCODER_KEYS: tuple[str, ...] = tuple(all_encoders())
 
 
+def defaults_by_family(setting: str) -> str:
+    """A TrainDefaults field across the families, for tooltips: "SDXL, SD1.x 400; Lumina 2, SANA, … 500"."""
+    groups: dict[object, list[str]] = {}
+    for fam in FAMILIES.values():
+        groups.setdefault(getattr(fam.defaults, setting), []).append(fam.short)
+    return "; ".join(f"{', '.join(names)} {value:g}" for value, names in groups.items())
+
+
 def supported_text() -> str:
     """The families, for messages: "SDXL (CLIP-L + CLIP-G), SD1.x (CLIP-L), …"."""
     return ", ".join(f.label + (f" (through {f.requires})" if f.requires else "") for f in FAMILIES.values())

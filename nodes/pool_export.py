@@ -15,7 +15,8 @@ from pathlib import Path
 import folder_paths
 
 from ..dti import formats
-from ..dti.errors import InputError
+from ..dti.errors import DTIError, InputError
+from . import validation
 from .api import io
 from .types import DTIConcept
 
@@ -62,12 +63,7 @@ class DTIPoolExport(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, name=None) -> bool | str:
-        if name is not None:
-            try:
-                formats.safe_name(name)
-            except formats.EmbeddingFileError as e:
-                return str(e)
-        return True
+        return validation.check(cls, {}, *([lambda: validation.name_problem(name)] if name is not None else []))
 
     @classmethod
     def execute(cls, concept, name) -> io.NodeOutput:
@@ -103,7 +99,7 @@ class DTIPoolCleanup(io.ComfyNode):
         if folder is not None:
             try:
                 staged_folder(folder)
-            except (ValueError, formats.EmbeddingFileError) as e:
+            except DTIError as e:
                 return str(e)
         return True
 

@@ -7,7 +7,6 @@ from ..dti import formats
 from ..dti.settings import ON_EXISTS
 from . import validation
 from .api import io, ui
-from .train import existing_file_problem, name_problem
 from .types import DTIConcept
 
 
@@ -33,9 +32,9 @@ class DTISaveConcept(io.ComfyNode):
     def validate_inputs(cls, name, if_exists) -> bool | str:
         checks = []
         if name is not None:
-            checks.append(lambda: name_problem(name))
+            checks.append(lambda: validation.name_problem(name))
             if if_exists is not None:
-                checks.append(lambda: existing_file_problem(name, if_exists))
+                checks.append(lambda: validation.existing_file_problem(name, if_exists))
         return validation.check(cls, {"if_exists": if_exists}, *checks)
 
     @classmethod

@@ -8,19 +8,18 @@ version of DTI Train (29 inputs on one node) keep working through DTI Train (leg
 
 from __future__ import annotations
 
-from dataclasses import fields
-
 import comfy.samplers
 import torch
 
-from ..adapters.folders import checkpoint_choices, checkpoints_folder, embeddings_folder
+from ..adapters.folders import checkpoint_choices, checkpoints_folder
 from ..adapters.plots import to_image_tensor
 from ..adapters.session import train_concept
 from ..adapters.text_encoder import text_encoder
-from ..dti import formats
+from ..dti.families import FAMILIES, defaults_by_family
 from ..dti.optim import METHODS, TI_ADAMW_LR
 from ..dti.settings import (
     DEFAULT,
+    FIELD_NAMES,
     MAGNITUDES,
     MAX_CHECKPOINTS,
     MAX_VECTORS,
@@ -30,7 +29,6 @@ from ..dti.settings import (
     TEMPLATE_SETS,
     TrainSettings,
 )
-from ..dti.templates import PLACEHOLDER
 from . import validation
 from .api import io, ui
 from .types import DTIConcept, text_encoder_input
@@ -48,40 +46,40 @@ def _one(value):
 
 # -- inputs, one factory per setting (shared by DTI Train, its options node and the legacy node) ------
 
-def _family_default(what: str, sentinel: float) -> str:
-    return f" {sentinel:g} uses the family default ({what})."
+def _family_default(setting: str, sentinel: float) -> str:
+    return f" {sentinel:g} uses the family default ({defaults_by_family(setting)})."
 
 
 def in_steps(sentinel: int = DEFAULT) -> io.Int.Input:
     return io.Int.Input("steps", default=sentinel, min=sentinel, max=100000,
-                        tooltip="Optimizer steps." + _family_default("SDXL/SD1 400, Gemma models 500", sentinel))
+                        tooltip="Optimizer steps." + _family_default("steps", sentinel))
 
 
 def in_learning_rate(sentinel: float = DEFAULT) -> io.Float.Input:
     return io.Float.Input("learning_rate", default=sentinel, min=sentinel, max=1.5, step=0.001,
                           tooltip="dti: the angle (radians) each vector turns per step — the reference's 0.01 × batch 4 = 0.04. "
-                                  f"AdamW methods: the AdamW rate (default {TI_ADAMW_LR:g})." + _family_default("0.04", sentinel))
+                                  f"AdamW methods: the AdamW rate (default {TI_ADAMW_LR:g})." + _family_default("lr", sentinel))
 
 
 def in_resolution(sentinel: int = DEFAULT) -> io.Int.Input:
     return io.Int.Input("resolution", default=sentinel, min=sentinel, max=4096,
-                        tooltip="Training resolution (square crops)." + _family_default("SDXL 768, SD1 512, Gemma 1024", sentinel))
+                        tooltip="Training resolution (square crops)." + _family_default("resolution", sentinel))
 
 
 def in_kappa() -> io.Float.Input:
     return io.Float.Input("kappa", default=DEFAULT, min=DEFAULT, max=10.0, step=0.00001,
                           tooltip="Concentration of the vMF prior pulling toward the initializer; 0 disables the prior."
-                                  + _family_default("SDXL 1e-4, Gemma 5e-5", DEFAULT))
+                                  + _family_default("kappa", DEFAULT))
 
 
 def in_batch_size(sentinel: int = DEFAULT) -> io.Int.Input:
     return io.Int.Input("batch_size", default=sentinel, min=sentinel, max=64,
-                        tooltip="Images per step." + _family_default("SDXL 4, Gemma models 2", sentinel))
+                        tooltip="Images per step." + _family_default("batch_size", sentinel))
 
 
 def in_grad_accum(sentinel: int = DEFAULT) -> io.Int.Input:
     return io.Int.Input("grad_accum", default=sentinel, min=sentinel, max=64,
-                        tooltip="Micro-batches accumulated per step." + _family_default("Gemma models 2, else 1", sentinel))
+                        tooltip="Micro-batches accumulated per step." + _family_default("grad_accum", sentinel))
 
 
 def in_vectors(sentinel: int = DEFAULT) -> io.Int.Input:
@@ -171,7 +169,8 @@ def preview_option_inputs() -> list:
 
 def main_inputs() -> list:
     return [
-        io.Model.Input("model", tooltip="The diffusion model to train against (SDXL, SD1.x, Lumina 2 or SANA). It is not modified."),
+        io.Model.Input("model", tooltip=f"The diffusion model to train against ({', '.join(f.short for f in FAMILIES.values())}). "
+                               "It is not modified."),
         text_encoder_input("The text encoder of the same checkpoint; the concept gets one vector per sub-encoder"),
         io.Vae.Input("vae", tooltip="Encodes the training images once, before training starts."),
         io.Image.Input("images", tooltip="Training images (a batch, or a list of batches of any sizes)."),
@@ -207,7 +206,6 @@ DESCRIPTION = (
 
 # Node input name → settings field, where they differ.
 INPUT_TO_FIELD = {"learning_rate": "lr", "training_seed": "seed", "if_exists": "on_exists"}
-_FIELDS = {f.name for f in fields(TrainSettings)}
 
 
 def settings_from_inputs(values: dict) -> TrainSettings:
@@ -215,7 +213,7 @@ def settings_from_inputs(values: dict) -> TrainSettings:
     out = {}
     for key, value in values.items():
         field = INPUT_TO_FIELD.get(key, key)
-        if field in _FIELDS:
+        if field in FIELD_NAMES:
             out[field] = value
     for key in ("preview_sampler", "preview_scheduler"):
         if out.get(key) == FAMILY_DEFAULT:
@@ -225,63 +223,6 @@ def settings_from_inputs(values: dict) -> TrainSettings:
     if "name" in out:
         out["name"] = str(out["name"]).strip()
     return TrainSettings(**out)
-
-
-def _first(value):
-    """The widget value of an input (None when linked: checked when the node runs)."""
-    value = value[0] if isinstance(value, (list, tuple)) and value else value
-    return None if isinstance(value, (list, tuple)) else value
-
-
-def name_problem(name) -> str | None:
-    try:
-        formats.safe_name(name)
-    except formats.EmbeddingFileError as e:
-        return str(e)
-    return None
-
-
-def initializer_problem(initializer) -> str | None:
-    words = str(initializer).split()
-    if not words:
-        return "initializer is empty: give a word close to the concept, e.g. 'dog'"
-    if len(words) > MAX_VECTORS:  # every word is at least one sub-token; the exact count is checked before training
-        return (f"initializer has {len(words)} words; at most {MAX_VECTORS} sub-tokens (one vector each) are allowed: "
-                "use one to a few words close to the concept")
-    return None
-
-
-def prompt_problem(prompt, name) -> str | None:
-    """A prompt that never mentions the concept (the exact tokenized check runs before training)."""
-    stem = str(name).strip()
-    if PLACEHOLDER in prompt or f"embedding:{stem}".lower() in prompt.lower():
-        return None
-    return (f"prompt {prompt[:80]!r} does not mention the concept: write {{}} or embedding:{stem} where it goes, "
-            f"e.g. 'a photo of {{}} on a beach'")
-
-
-def existing_file_problem(name, if_exists, save=True) -> str | None:
-    """if_exists = error with a file of that name already in the embeddings folder."""
-    if not save or if_exists != "error":
-        return None
-    try:
-        formats.save_path_for(embeddings_folder(), name, if_exists)
-    except formats.EmbeddingFileError as e:
-        return str(e)
-    return None
-
-
-def train_checks(name, initializer, prompt) -> list:
-    """DTI Train's own queue-time checks of the inputs that are widget values (linked ones run later)."""
-    name, initializer, prompt = _first(name), _first(initializer), _first(prompt)
-    checks = []
-    if name is not None:
-        checks.append(lambda: name_problem(name))
-    if initializer is not None:
-        checks.append(lambda: initializer_problem(initializer))
-    if prompt is not None and name is not None:
-        checks.append(lambda: prompt_problem(prompt, name))
-    return checks
 
 
 def run_training(cls, model, clip, vae, images, settings: TrainSettings, prompt: str, previews: bool = True) -> io.NodeOutput:
@@ -359,7 +300,8 @@ class DTITrain(_TrainNode):
 
     @classmethod
     def validate_inputs(cls, name, initializer, prompt, method, learning_rate) -> bool | str:
-        return validation.check(cls, {"method": method, "learning_rate": learning_rate}, *train_checks(name, initializer, prompt))
+        checks = validation.train_checks(name, initializer, prompt)
+        return validation.check(cls, {"method": method, "learning_rate": learning_rate}, *checks)
 
     @classmethod
     def execute(cls, model, clip, vae, images, prompt, options=None, **values) -> io.NodeOutput:
@@ -392,9 +334,10 @@ class DTITrainLegacy(_TrainNode):
         values = {"method": method, "learning_rate": learning_rate, "kappa": kappa, "magnitude": magnitude,
                   "magnitude_value": magnitude_value, "resize": resize, "templates": templates, "precision": precision,
                   "resume": resume, "if_exists": if_exists}
-        checks = train_checks(name, initializer, prompt)
-        if _first(name) is not None and _first(if_exists) is not None:
-            checks.append(lambda: existing_file_problem(_first(name), _first(if_exists), _first(save) is not False))
+        checks = validation.train_checks(name, initializer, prompt)
+        if validation.first(name) is not None and validation.first(if_exists) is not None:
+            checks.append(lambda: validation.existing_file_problem(validation.first(name), validation.first(if_exists),
+                                                                    validation.first(save) is not False))
         return validation.check(cls, values, *checks)
 
     @classmethod

@@ -14,6 +14,10 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+from ..adapters.folders import embeddings_folder
+from ..dti import formats
+from ..dti.settings import MAX_VECTORS
+from ..dti.templates import PLACEHOLDER
 from .api import io
 
 Check = Callable[[], "str | None"]
@@ -70,3 +74,62 @@ def check(cls: type[io.ComfyNode], values: dict[str, Any], *more: Check) -> bool
 def must_be_named(cls: type[io.ComfyNode]) -> list[str]:
     """The node's FLOAT and COMBO inputs: each must be named in validate_inputs, or NaN and unknown options pass the queue."""
     return [i.id for i in cls.define_schema().inputs if isinstance(i, (io.Float.Input, io.Combo.Input))]
+
+
+# -- the pack's own checks of widget values, shared by the nodes that take these inputs ------------------
+
+def first(value):
+    """The widget value of an input (None when linked: checked when the node runs)."""
+    value = value[0] if isinstance(value, (list, tuple)) and value else value
+    return None if isinstance(value, (list, tuple)) else value
+
+
+def name_problem(name) -> str | None:
+    try:
+        formats.safe_name(name)
+    except formats.EmbeddingFileError as e:
+        return str(e)
+    return None
+
+
+def initializer_problem(initializer) -> str | None:
+    words = str(initializer).split()
+    if not words:
+        return "initializer is empty: give a word close to the concept, e.g. 'dog'"
+    if len(words) > MAX_VECTORS:  # every word is at least one sub-token; the exact count is checked before training
+        return (f"initializer has {len(words)} words; at most {MAX_VECTORS} sub-tokens (one vector each) are allowed: "
+                "use one to a few words close to the concept")
+    return None
+
+
+def prompt_problem(prompt, name) -> str | None:
+    """A prompt that never mentions the concept (the exact tokenized check runs before training)."""
+    stem = str(name).strip()
+    if PLACEHOLDER in prompt or f"embedding:{stem}".lower() in prompt.lower():
+        return None
+    return (f"prompt {prompt[:80]!r} does not mention the concept: write {{}} or embedding:{stem} where it goes, "
+            f"e.g. 'a photo of {{}} on a beach'")
+
+
+def existing_file_problem(name, if_exists, save=True) -> str | None:
+    """if_exists = error with a file of that name already in the embeddings folder."""
+    if not save or if_exists != "error":
+        return None
+    try:
+        formats.save_path_for(embeddings_folder(), name, if_exists)
+    except formats.EmbeddingFileError as e:
+        return str(e)
+    return None
+
+
+def train_checks(name, initializer, prompt) -> list:
+    """DTI Train's own queue-time checks of the inputs that are widget values (linked ones run later)."""
+    name, initializer, prompt = first(name), first(initializer), first(prompt)
+    checks = []
+    if name is not None:
+        checks.append(lambda: name_problem(name))
+    if initializer is not None:
+        checks.append(lambda: initializer_problem(initializer))
+    if prompt is not None and name is not None:
+        checks.append(lambda: prompt_problem(prompt, name))
+    return checks
