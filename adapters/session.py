@@ -32,6 +32,7 @@ from .denoise import ModelDenoiseSide
 from .families import HostFamily, check_model_matches
 from .folders import checkpoints_folder, embeddings_folder
 from .images import flatten_images, prepare_examples, split_captions
+from .models import describe_load, load_for_training, training_memory_estimate
 from .plots import training_plot
 from .progress import Progress, check_interrupted
 from .text_encoder import TextEncoder, text_encoder
@@ -97,7 +98,8 @@ def train_concept(
         captions = split_captions(s.captions, len(imgs))
         examples, crop, down = prepare_examples(imgs, vae, model, s.resolution, s.resize, s.flip, captions)
         with (
-            training_models(model, encoder, s.precision, s.gradient_checkpointing) as patcher,
+            training_models(model, encoder, s.precision, s.gradient_checkpointing,
+                            (s.resolution, s.batch_size, down)) as patcher,
             encoder.text_side(s.name) as text,
         ):
             denoise = ModelDenoiseSide(patcher, patcher.load_device, identical_prompt_batches=family.identical_prompt_batches)
@@ -106,20 +108,28 @@ def train_concept(
             trainer = Trainer(text, denoise, sampler, s, device=encoder.device, family=family.row)
             if resume_state is not None:
                 trainer.load_state_dict(resume_state)
-            return _run(trainer, family, s, node_id, on_step, text)
+            return _run(trainer, family, s, node_id, on_step, text, patcher.dti_load)
 
 
 @contextlib.contextmanager
-def training_models(model, encoder: TextEncoder, precision: str = "auto", checkpointing: bool = False) -> Iterator[Any]:
+def training_models(model, encoder: TextEncoder, precision: str = "auto", checkpointing: bool = False,
+                    step_shape: tuple[int, int, int] = (0, 1, 8)) -> Iterator[Any]:
     """A clone of the MODEL's patcher, loaded with the text encoder and ready for autograd; undone on exit.
 
-    Call inside torch.inference_mode(False). Yields the patcher to train through.
+    ``step_shape`` (resolution, batch, VAE downscale) sizes the memory the step needs beside the
+    weights; ComfyUI loads what fits and casts the rest per layer. Call inside
+    torch.inference_mode(False). Yields the patcher to train through; ``patcher.dti_load`` says how
+    the models were loaded.
     """
     patcher = model.clone()
     dtype = compute_dtype(precision, patcher)
     if dtype is not None:
         patcher.set_model_compute_dtype(dtype)
-    comfy.model_management.load_models_gpu([patcher, *encoder.patchers], force_full_load=True)
+    resolution, batch, down = step_shape
+    step_dtype = patcher.model.manual_cast_dtype or patcher.model.get_dtype()
+    required = training_memory_estimate(encoder.family.row.name, resolution, batch, checkpointing, step_dtype, down)
+    load_for_training([patcher, *encoder.patchers], required)
+    patcher.dti_load = describe_load(patcher, encoder.patchers, required)
     make_autograd_ready(patcher.model)
     for module in encoder.modules:
         make_autograd_ready(module)
@@ -138,7 +148,7 @@ def _finish_concept(trainer: Trainer, text) -> Concept:
     return concept
 
 
-def _run(trainer: Trainer, family: HostFamily, settings: TrainSettings, node_id, on_step, text) -> SessionResult:
+def _run(trainer: Trainer, family: HostFamily, settings: TrainSettings, node_id, on_step, text, load_note: str = "") -> SessionResult:
     m_star = {k: i.m_star for k, i in trainer.inits.items()}
     title = f"DTI Train - {settings.name} ({settings.method}, {family.label})"
     progress = Progress(settings.steps, node_id)
@@ -171,7 +181,8 @@ def _run(trainer: Trainer, family: HostFamily, settings: TrainSettings, node_id,
     result.concept = concept
     saved = formats.save_concept(concept, embeddings_folder(), settings.name, settings.on_exists) if settings.save else None
     plot = training_plot(result.history, m_star, title)
-    summary = _summary(result, family, settings, m_star, saved, checkpoints, time.perf_counter() - started, trainer.step - first_step)
+    summary = _summary(result, family, settings, m_star, saved, checkpoints, time.perf_counter() - started, trainer.step - first_step,
+                       load_note)
     log.info("ComfyUI-DTI: %s", summary.replace("\n", " | "))
     return SessionResult(concept, result, family, settings, saved, checkpoints, summary, plot)
 
@@ -194,7 +205,7 @@ def _keep_partial(trainer: Trainer, settings: TrainSettings, text, exc: BaseExce
 
 
 def _summary(result: TrainResult, family: HostFamily, req: TrainSettings, m_star: dict[str, float], saved: Path | None,
-             checkpoints: list[Path], seconds: float, steps_run: int) -> str:
+             checkpoints: list[Path], seconds: float, steps_run: int, load_note: str = "") -> str:
     losses = [r.loss for r in result.history if not r.skipped and math.isfinite(r.loss)]
     head = [f"{req.name}: {req.method} on {family.label}, {len(result.history)} steps "
             f"({steps_run} this run, {seconds:.1f} s, {seconds / max(steps_run, 1):.3f} s/step)"]
@@ -208,6 +219,8 @@ def _summary(result: TrainResult, family: HostFamily, req: TrainSettings, m_star
     if skipped:
         head.append(f"{skipped} step(s) skipped for NaN/inf loss")
     head.extend(result.notes)
+    if load_note:
+        head.append(f"loaded: {load_note}")
     if saved is not None and family.stock_embedding_prompts:
         head.append(f"saved {saved} — use it as embedding:{saved.stem} in any prompt")
         head.append("note: CLIPTextEncode caches by prompt text, so prompts already encoded with an older file of the same "
