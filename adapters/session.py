@@ -59,11 +59,23 @@ def compute_dtype(precision: str, patcher) -> torch.dtype | None:
         return torch.bfloat16
     if precision == "fp32":
         return torch.float32
-    current = patcher.model.manual_cast_dtype or patcher.model.get_dtype()
+    current = _manual_cast_dtype(patcher) or patcher.model.get_dtype()
     if precision == "as loaded" or current != torch.float16:
         return None
     device = patcher.load_device
     return torch.bfloat16 if comfy.model_management.should_use_bf16(device, prioritize_performance=False) else torch.float32
+
+
+def _manual_cast_dtype(patcher) -> torch.dtype | None:
+    """The compute dtype this patcher's model runs with once loaded.
+
+    Not simply model.manual_cast_dtype: clones share the model, and a previous run's clone leaves
+    its compute-dtype object patch applied until ComfyUI's next load undoes it (from the backup the
+    clones share), so the attribute can still hold that run's value.
+    """
+    if "manual_cast_dtype" in patcher.object_patches:
+        return patcher.object_patches["manual_cast_dtype"]
+    return patcher.object_patches_backup.get("manual_cast_dtype", patcher.model.manual_cast_dtype)
 
 
 def resolve_settings(settings: TrainSettings, family: HostFamily) -> TrainSettings:
