@@ -38,11 +38,23 @@ def load_for_training(patchers: list, memory_required: int) -> None:
 
     With memory_required as the minimum too, ComfyUI's budget for weights on the device is
     free memory − (memory_required + its reserve): what fits is loaded, the other layers stay on the
-    offload device and are cast per forward (lowvram). A device with room loads everything. Full
-    loading was forced before, which turned "does not fit" into an out-of-memory error.
+    offload device and are cast per forward (lowvram). A device with room loads everything. (Forcing
+    a full load turns "does not fit" into an out-of-memory error.)
     """
-    comfy.model_management.load_models_gpu(patchers, memory_required=memory_required,
-                                           minimum_memory_required=memory_required)
+    mm = comfy.model_management
+    device = patchers[0].load_device
+    if not mm.is_device_cpu(device):
+        # A MODEL already fully loaded (by sampling) would stay so: load_models_gpu first drops the
+        # entry of the model being cloned from its table, then can free only *other* models, and
+        # partially_load never shrinks a full load. Asking ComfyUI to free the room while that entry
+        # is still listed lets it partially unload the UNet itself (free_memory → partially_unload).
+        # The text encoders are kept (they are needed too) and what they still have to load is counted.
+        text = [p for p in patchers[1:] if p.load_device == device]
+        to_load = sum(p.model_size() - p.loaded_size() for p in text)
+        keep = [lm for lm in mm.current_loaded_models if any(lm.model is p for p in text)]
+        room = max(mm.minimum_inference_memory(), memory_required + mm.extra_reserved_memory())
+        mm.free_memory(room + to_load, device, keep_loaded=keep)
+    mm.load_models_gpu(patchers, memory_required=memory_required, minimum_memory_required=memory_required)
 
 
 @dataclass(frozen=True)

@@ -109,3 +109,34 @@ def test_comfyui_loads_part_of_the_full_size_unet_when_the_step_needs_the_room(p
     assert f"model partially loaded ({resident / 2**20:.0f} of" in part.summary
     for key in full.concept.encoders:
         assert torch.equal(full.concept.encoders[key].vectors(), part.concept.encoders[key].vectors())
+
+
+def test_a_unet_fully_loaded_by_sampling_is_partially_unloaded_to_make_room_for_training(pack, checkpoint):
+    """ComfyUI never shrinks a full load when a clone of the model is loaded; the pack asks it to free the
+    step's room first (free_memory while the UNet is still listed), so the UNet is partially unloaded
+    instead of the step running out of memory."""
+    import comfy.model_management as mm
+
+    import nodes
+
+    session, models, text_encoder = (submodule(pack, n) for n in ("adapters.session", "adapters.models", "adapters.text_encoder"))
+    with torch.inference_mode():
+        model, clip, _vae = nodes.CheckpointLoaderSimple().load_checkpoint(checkpoint)[:3]
+    mm.unload_all_models()  # a device holding only this checkpoint
+    resolution = 512  # training needs more room than sampling (ComfyUI's floor, 1.2 GB) here: ~2.2 GB
+    required = models.training_memory_estimate("sd1", resolution, 1, False, torch.float32, 8)
+    room = max(mm.minimum_inference_memory(), required + mm.extra_reserved_memory())
+    short = 768 * 2**20  # the device lacks this much for weights + the step's activations
+    assert room - short > mm.minimum_inference_memory()  # while sampling still fits
+    capacity = model.model_size() + clip.patcher.model_size() + room - short
+    with vram_device(model, mm.VRAMState.NORMAL_VRAM, capacity=capacity) as log:
+        mm.load_models_gpu([model, clip.patcher])  # what sampling leaves behind: everything fully loaded
+        assert model.loaded_size() == model.model_size()
+        encoder = text_encoder.text_encoder(clip)
+        with torch.inference_mode(False), session.training_models(model, encoder, "auto", False, (resolution, 1, 8)) as patcher:
+            state = models.load_state(patcher, "model")
+            free_after = capacity - model.loaded_size() - clip.patcher.loaded_size()
+            print(f"\n{patcher.dti_load}; free after loading {free_after / 2**20:.0f} MB, room asked {room / 2**20:.0f} MB")
+    assert log.frees and log.frees[0] == room
+    assert not state.full and state.cast_layers > 0, state
+    assert free_after >= room * 0.99  # the step's activations fit beside the weights
