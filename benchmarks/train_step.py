@@ -141,7 +141,7 @@ def measure(device, mod, model, clip, family_name, resolution, batch_size, steps
     session, tr, denoise = mod("adapters.session"), mod("dti.trainer"), mod("adapters.denoise")
     encoder = mod("adapters.text_encoder").text_encoder(clip)
     family = encoder.family
-    down = 8
+    down = 32 if family_name == "sana" else 8  # SANA's DC-AE downscales 32×, the others 8×
     g = torch.Generator().manual_seed(0)
     h = resolution // down
     examples = [tr.LatentExample(latent=torch.randn(model.model.latent_format.latent_channels, h, h, generator=g),
