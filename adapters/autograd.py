@@ -104,18 +104,35 @@ def out_of_place_residuals(module: torch.nn.Module) -> Iterator[int]:
         yield n_clip + n_norms
 
 
+def checkpoint_blocks(diffusion_model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The modules gradient checkpointing recomputes: the model's blocks, with containers opened.
+
+    A container's own forward is not always called: ComfyUI's UNet runs each TimestepEmbedSequential
+    through forward_timestep_embed(), which calls the layers inside one by one, so wrapping the
+    container would checkpoint nothing. Its layers (ResBlock, SpatialTransformer, Downsample, …) are
+    always called through their own forward, so those are the units.
+    """
+    blocks: list[torch.nn.Module] = []
+
+    def visit(module: torch.nn.Module) -> None:
+        if isinstance(module, (torch.nn.ModuleList, torch.nn.Sequential)):
+            for child in module:
+                visit(child)
+        elif any(p.numel() for p in module.parameters()) and "forward" not in module.__dict__:
+            blocks.append(module)
+
+    for child in diffusion_model.children():
+        visit(child)
+    return blocks
+
+
 @contextlib.contextmanager
 def gradient_checkpointing(diffusion_model: torch.nn.Module, enabled: bool) -> Iterator[int]:
-    """Recompute each top-level block in backward instead of storing its activations; undone on exit."""
+    """Recompute each block (see checkpoint_blocks) in backward instead of storing its activations; undone on exit."""
     if not enabled:
         yield 0
         return
-    blocks = []
-    for child in diffusion_model.children():
-        groups = child if isinstance(child, (torch.nn.ModuleList, torch.nn.Sequential)) else [child]
-        for block in groups:
-            if any(p.numel() for p in block.parameters()) and "forward" not in block.__dict__:
-                blocks.append(block)
+    blocks = checkpoint_blocks(diffusion_model)
     try:
         for block in blocks:
             original = block.forward

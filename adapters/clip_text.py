@@ -10,9 +10,11 @@ time the slots are replaced by the current rows (tensors with gradient); ComfyUI
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -174,6 +176,38 @@ def weights_hash(table: torch.Tensor) -> str:
     return hashlib.sha256((rows * 1e4).round().to(torch.int64).numpy().tobytes()).hexdigest()[:16]
 
 
+@dataclass
+class _TokenEmbeds:
+    """SDClipModel.process_tokens' result for one prompt with zero rows in the concept's slots."""
+
+    embeds: torch.Tensor  # (1, L, width) float32
+    mask: torch.Tensor  # (1, L)
+    num_tokens: list[int]
+    info: list  # embeds_info: where spliced rows sit
+    slots: list[tuple[int, _Slot]]  # (position in the sequence, slot)
+
+
+def _fill_slots(parts: list[_TokenEmbeds], rows: dict[str, torch.Tensor]) -> tuple:
+    """process_tokens' result for the batch, the current rows written into their slots (with gradient)."""
+    embeds = torch.cat([p.embeds for p in parts])
+    where = [(b, i, slot) for b, p in enumerate(parts) for i, slot in p.slots]
+    values = torch.stack([rows[slot.key][slot.index] for _b, _i, slot in where]).to(embeds)
+    index = (torch.tensor([b for b, _i, _s in where]), torch.tensor([i for _b, i, _s in where]))
+    embeds = embeds.index_put(index, values)
+    # As ComfyUI returns it: masks and counts per prompt, embeds_info of the last prompt.
+    return embeds, torch.cat([p.mask for p in parts]), [n for p in parts for n in p.num_tokens], parts[-1].info
+
+
+@contextlib.contextmanager
+def _processed_tokens(encoder, processed: tuple) -> Iterator[None]:
+    """Answer the encoder's next process_tokens call with ``processed``; the rest of its forward is stock."""
+    encoder.process_tokens = lambda tokens, device: processed
+    try:
+        yield
+    finally:
+        del encoder.process_tokens
+
+
 class ClipTextSide:
     """The trainer's TextSide for a comfy.sd.CLIP of a known family.
 
@@ -189,6 +223,7 @@ class ClipTextSide:
         self._n_rows: dict[str, int] | None = None
         self._tokenizer = None
         self._cache: dict[str, PreparedPrompt] = {}
+        self._embeds_cache: dict[tuple, _TokenEmbeds | None] = {}
         self._apply_clip_options()
 
     # -- TextSide protocol ------------------------------------------------------------------------
@@ -239,6 +274,7 @@ class ClipTextSide:
             self._n_rows = dict(n_rows)
             self._tokenizer = concept_tokenizer(self.clip, self.family, self.name, self._n_rows)
             self._cache.clear()
+            self._embeds_cache.clear()
 
     def prepare(self, prompt: str) -> PreparedPrompt:
         if self._tokenizer is None:
@@ -269,15 +305,45 @@ class ClipTextSide:
         outs = {}
         for sub in self.family.encoders:
             key = token_key(self.clip, self.family.tokenizer_attr(sub.key))
-            batch = [[rows[t.key][t.index] if isinstance(t, _Slot) else t for t, _w in p.tokens[key][0]] for p in prepared]
+            enc = self.subs[sub.key]
+            batch = [p.tokens[key][0] for p in prepared]
             longest = max(len(b) for b in batch)
             if any(len(b) != longest for b in batch):
                 # Unpadded tokenizers (Gemma) give prompts of different lengths. Pad at the end: the
                 # encoder is causal and masks the pads, so real tokens encode as they would alone.
-                pad = self.subs[sub.key].special_tokens["pad"]
-                batch = [b + [pad] * (longest - len(b)) for b in batch]
-            outs[sub.key] = self.subs[sub.key].encode(batch)
+                pad = enc.special_tokens["pad"]
+                batch = [b + [(pad, 1.0)] * (longest - len(b)) for b in batch]
+            parts = [self._token_embeds(sub.key, p.text, b) for p, b in zip(prepared, batch)]
+            if any(part is None for part in parts):
+                outs[sub.key] = enc.encode([[rows[t.key][t.index] if isinstance(t, _Slot) else t for t, _w in b] for b in batch])
+            else:
+                with _processed_tokens(enc, _fill_slots(parts, rows)):
+                    outs[sub.key] = enc.encode([[t for t, _w in b] for b in batch])
         return self._combine(outs)
+
+    def _token_embeds(self, key: str, text: str, tokens: list) -> _TokenEmbeds | None:
+        """The stock token embeddings of a prompt with zero rows in its slots, made once per prompt.
+
+        SDClipModel.process_tokens walks every token in Python and splices each row in with a
+        torch.cat on every call, though only the rows change between steps. Its result for zero rows
+        — embeddings, attention mask, token count — is kept; each step writes the rows into a copy,
+        which gives the same tensor bit for bit. Prompts with other embeddings are left to the stock
+        path (their rows shift positions).
+        """
+        cache_key = (key, text, len(tokens))
+        if cache_key not in self._embeds_cache:
+            if not all(isinstance(t, (int, _Slot)) for t, _w in tokens):
+                self._embeds_cache[cache_key] = None
+            else:
+                enc = self.subs[key]
+                table = enc.transformer.get_input_embeddings().weight
+                zero = torch.zeros(table.shape[1], dtype=torch.float32)
+                with torch.no_grad():
+                    embeds, mask, num_tokens, info = enc.process_tokens(
+                        [[zero if isinstance(t, _Slot) else t for t, _w in tokens]], table.device)
+                slots = [(i, t) for i, (t, _w) in enumerate(tokens) if isinstance(t, _Slot)]
+                self._embeds_cache[cache_key] = _TokenEmbeds(embeds, mask, num_tokens, info, slots)
+        return self._embeds_cache[cache_key]
 
     def _combine(self, outs: dict[str, tuple]) -> TextCond:
         """The batched sub-encoder outputs joined as the family's encode_token_weights joins them

@@ -33,7 +33,7 @@ from .denoise import ModelDenoiseSide
 from .families import HostFamily, check_model_matches
 from .folders import checkpoints_folder, embeddings_folder, unsaved_folder
 from .images import flatten_images, prepare_examples, split_captions
-from .models import release
+from .models import describe_load, load_for_training, release, training_memory_estimate
 from .plots import training_plot, with_frame
 from .preview import Previews, check_sampler
 from .progress import Progress, check_interrupted
@@ -62,11 +62,23 @@ def compute_dtype(precision: str, patcher) -> torch.dtype | None:
         return torch.bfloat16
     if precision == "fp32":
         return torch.float32
-    current = patcher.model.manual_cast_dtype or patcher.model.get_dtype()
+    current = _manual_cast_dtype(patcher) or patcher.model.get_dtype()
     if precision == "as loaded" or current != torch.float16:
         return None
     device = patcher.load_device
     return torch.bfloat16 if comfy.model_management.should_use_bf16(device, prioritize_performance=False) else torch.float32
+
+
+def _manual_cast_dtype(patcher) -> torch.dtype | None:
+    """The compute dtype this patcher's model runs with once loaded.
+
+    Not simply model.manual_cast_dtype: clones share the model, and a previous run's clone leaves
+    its compute-dtype object patch applied until ComfyUI's next load undoes it (from the backup the
+    clones share), so the attribute can still hold that run's value.
+    """
+    if "manual_cast_dtype" in patcher.object_patches:
+        return patcher.object_patches["manual_cast_dtype"]
+    return patcher.object_patches_backup.get("manual_cast_dtype", patcher.model.manual_cast_dtype)
 
 
 def resolve_settings(settings: TrainSettings, family: HostFamily) -> TrainSettings:
@@ -110,7 +122,8 @@ def train_concept(
         resume_state = ckpt.load_checkpoint(s.resume) if s.resume else None
         examples, crop, down = prepare_examples(imgs, vae, model, s.resolution, s.resize, s.flip, captions)
         with (
-            training_models(model, encoder, s.precision, s.gradient_checkpointing) as patcher,
+            training_models(model, encoder, s.precision, s.gradient_checkpointing,
+                            (s.resolution, s.batch_size, down)) as patcher,
             encoder.text_side(s.name) as text,
         ):
             denoise = ModelDenoiseSide(patcher, patcher.load_device, identical_prompt_batches=family.identical_prompt_batches,
@@ -125,7 +138,7 @@ def train_concept(
                 previews = Previews(model, vae, encoder, s, prompt or "a photo of {}",
                                     before=lambda: _restore_object_patches(patcher),
                                     after=lambda: _reload_after_preview(patcher, encoder, vae))
-            return _run(trainer, family, s, node_id, on_step, text, previews)
+            return _run(trainer, family, s, node_id, on_step, text, previews, patcher.dti_load)
 
 
 def preflight(encoder: TextEncoder, s: TrainSettings, prompt: str | None) -> None:
@@ -144,16 +157,24 @@ def preflight(encoder: TextEncoder, s: TrainSettings, prompt: str | None) -> Non
 
 
 @contextlib.contextmanager
-def training_models(model, encoder: TextEncoder, precision: str = "auto", checkpointing: bool = False) -> Iterator[Any]:
+def training_models(model, encoder: TextEncoder, precision: str = "auto", checkpointing: bool = False,
+                    step_shape: tuple[int, int, int] = (0, 1, 8)) -> Iterator[Any]:
     """A clone of the MODEL's patcher, loaded with the text encoder and ready for autograd; undone on exit.
 
-    Call inside torch.inference_mode(False). Yields the patcher to train through.
+    ``step_shape`` (resolution, batch, VAE downscale) sizes the memory the step needs beside the
+    weights; ComfyUI loads what fits and casts the rest per layer. Call inside
+    torch.inference_mode(False). Yields the patcher to train through; ``patcher.dti_load`` says how
+    the models were loaded.
     """
     patcher = model.clone()
     dtype = compute_dtype(precision, patcher)
     if dtype is not None:
         patcher.set_model_compute_dtype(dtype)
+    resolution, batch, down = step_shape
+    step_dtype = patcher.model.manual_cast_dtype or patcher.model.get_dtype()
+    patcher.dti_required = training_memory_estimate(encoder.family.name, resolution, batch, checkpointing, step_dtype, down)
     _load_for_training(patcher, encoder)
+    patcher.dti_load = describe_load(patcher, encoder.patchers, patcher.dti_required)
     with (
         encoder.training(),
         norm_input_clones(patcher.model.diffusion_model),  # Flux/Chroma blocks add residuals in place
@@ -165,7 +186,9 @@ def training_models(model, encoder: TextEncoder, precision: str = "auto", checkp
 
 
 def _load_for_training(patcher, encoder: TextEncoder) -> None:
-    comfy.model_management.load_models_gpu([patcher, *encoder.patchers], force_full_load=True)
+    """Load the clone and the text encoder with room for the step (patcher.dti_required bytes beside the
+    weights: ComfyUI keeps what fits and casts the rest per layer), ready for autograd."""
+    load_for_training([patcher, *encoder.patchers], patcher.dti_required)
     make_autograd_ready(patcher.model)
     for module in encoder.modules:
         make_autograd_ready(module)
@@ -195,7 +218,7 @@ def _finish_concept(trainer: Trainer, text) -> Concept:
 
 
 def _run(trainer: Trainer, family: HostFamily, settings: TrainSettings, node_id, on_step, text,
-         previews: Previews | None = None) -> SessionResult:
+         previews: Previews | None = None, load_note: str = "") -> SessionResult:
     m_star = {k: i.m_star for k, i in trainer.inits.items()}
     title = f"DTI Train - {settings.name} ({settings.method}, {family.label})"
     progress = Progress(settings.steps, node_id)
@@ -244,7 +267,8 @@ def _run(trainer: Trainer, family: HostFamily, settings: TrainSettings, node_id,
             raise SaveError(f"{exc} The trained vectors were kept: {kept}. Once the folder is fixed, copy the concept file "
                             "into the embeddings folder, or resume from the checkpoint with steps set to the steps done") from exc
     plot = training_plot(result.history, m_star, title)
-    summary = _summary(result, family, settings, m_star, saved, checkpoints, time.perf_counter() - started, trainer.step - first_step)
+    summary = _summary(result, family, settings, m_star, saved, checkpoints, time.perf_counter() - started, trainer.step - first_step,
+                       load_note)
     if previews is not None:
         summary += (f"\npreviews: {len(previews.frames)} frame(s) at steps {', '.join(str(f.step) for f in previews.frames)}, "
                     f"{previews.seconds:.1f} s of sampling")
@@ -283,7 +307,7 @@ def _keep_vectors(trainer: Trainer, settings: TrainSettings, text, tag: str, sto
 
 
 def _summary(result: TrainResult, family: HostFamily, req: TrainSettings, m_star: dict[str, float], saved: Path | None,
-             checkpoints: list[Path], seconds: float, steps_run: int) -> str:
+             checkpoints: list[Path], seconds: float, steps_run: int, load_note: str = "") -> str:
     losses = [r.loss for r in result.history if not r.skipped and math.isfinite(r.loss)]
     head = [f"{req.name}: {req.method} on {family.label}, {len(result.history)} steps "
             f"({steps_run} this run, {seconds:.1f} s, {seconds / max(steps_run, 1):.3f} s/step)"]
@@ -297,6 +321,8 @@ def _summary(result: TrainResult, family: HostFamily, req: TrainSettings, m_star
     if skipped:
         head.append(f"{skipped} step(s) skipped for NaN/inf loss")
     head.extend(result.notes)
+    if load_note:
+        head.append(f"loaded: {load_note}")
     if saved is not None and family.stock_embedding_prompts:
         head.append(f"saved {saved} — use it as embedding:{saved.stem} in any prompt")
         head.append("note: CLIPTextEncode caches by prompt text, so prompts already encoded with an older file of the same "

@@ -5,10 +5,14 @@
     python benchmarks/train_step.py --family flux    # CPU, tiny Flux.1 dev (CLIP-L + T5, 256-token T5 sequence)
     python benchmarks/train_step.py --family sd3     # CPU, tiny SD3.5 (CLIP-L + CLIP-G + a 4096-wide T5)
     python benchmarks/train_step.py --device cuda    # GPU, full-size SDXL shapes, random weights
+    python benchmarks/train_step.py --round          # the GPU round (benchmarks/gpu_round.sh): SDXL configs, SANA
+    python benchmarks/train_step.py --round --tiny   # the same code path with tiny shapes on the CPU (dry run)
 
 overhead_ratio = (DTI Train step: the pack's text side + denoise side + optimizer, exactly as the
 node runs it) ÷ (a bare forward + backward of the same modules: precomputed token embeddings with
 the concept rows written in, the text transformers, the UNet, an MSE, no ComfyUI plumbing).
+backward_over_forward = the bare step's backward time ÷ its forward time. `loaded` is how ComfyUI's
+memory manager loaded the models for the step, beside the pack's estimate of the step's memory.
 Run it with ComfyUI's Python (COMFYUI_PATH or ~/comfy/ComfyUI is found as the tests find it).
 """
 
@@ -21,6 +25,7 @@ import resource
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -144,16 +149,15 @@ class BareStep:
         xc = self.sampling.calculate_input(sigma, x_t).to(dtype)
         out = self.base.diffusion_model(xc, self.sampling.timestep(sigma).float(), context=context.to(device, dtype), **kwargs)
         flow = "CONST" in [c.__name__ for c in type(self.sampling).__mro__]  # flow target ε − x₀ (Flux, SD3)
-        loss = ((out.float() - (noise - x0 if flow else noise)) ** 2).mean()
-        loss.backward()
-        return loss
+        return ((out.float() - (noise - x0 if flow else noise)) ** 2).mean()
 
 
 def measure(device, mod, model, clip, family_name, resolution, batch_size, steps, warmup, checkpointing, precision):
+    """Median seconds of (DTI step, bare step, bare forward, bare backward), peak GPU GiB, and the load line."""
     session, tr, denoise = mod("adapters.session"), mod("dti.trainer"), mod("adapters.denoise")
     encoder = mod("adapters.text_encoder").text_encoder(clip)
     family = encoder.family
-    down = 8
+    down = 32 if family_name == "sana" else 8  # SANA's DC-AE downscales 32×, the others 8×
     g = torch.Generator().manual_seed(0)
     h = resolution // down
     examples = [tr.LatentExample(latent=torch.randn(model.model.latent_format.latent_channels, h, h, generator=g),
@@ -162,7 +166,8 @@ def measure(device, mod, model, clip, family_name, resolution, batch_size, steps
         # Gemma prompts differ in length and SANA batches one prompt per forward: time one template,
         # so the bare baseline can batch exactly the same sequences.
         templates = tr.OBJECT_TEMPLATES if family.name == "sdxl" else tr.OBJECT_TEMPLATES[:1]
-        with session.training_models(model, encoder, precision, checkpointing) as patcher, encoder.text_side("bench") as text:
+        shape = (resolution, batch_size, down)
+        with session.training_models(model, encoder, precision, checkpointing, shape) as patcher, encoder.text_side("bench") as text:
             den = denoise.ModelDenoiseSide(patcher, patcher.load_device, identical_prompt_batches=family.identical_prompt_batches,
                                            guidance=family.guidance)
             sampler = tr.BatchSampler(examples, batch_size, (h, h), down, templates, seed=0)
@@ -173,10 +178,10 @@ def measure(device, mod, model, clip, family_name, resolution, batch_size, steps
             leaf = {k: v.detach().clone().requires_grad_(True) for k, v in trainer.rows().items()}
             for _ in range(warmup):
                 trainer.train_step()
-                bare(leaf, g)
+                bare(leaf, g).backward()
             if device == "cuda":
                 torch.cuda.reset_peak_memory_stats()
-            ours, theirs = [], []
+            ours, theirs, forward, backward = [], [], [], []
             for _ in range(steps):  # interleaved, so drift hits both alike
                 sync(device)
                 t0 = time.perf_counter()
@@ -185,13 +190,47 @@ def measure(device, mod, model, clip, family_name, resolution, batch_size, steps
                 t1 = time.perf_counter()
                 for v in leaf.values():
                     v.grad = None
-                bare(leaf, g)
+                loss = bare(leaf, g)
                 sync(device)
                 t2 = time.perf_counter()
+                loss.backward()
+                sync(device)
+                t3 = time.perf_counter()
                 ours.append(t1 - t0)
-                theirs.append(t2 - t1)
+                theirs.append(t3 - t1)
+                forward.append(t2 - t1)
+                backward.append(t3 - t2)
             peak_gpu = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else None
-    return statistics.median(ours), statistics.median(theirs), peak_gpu
+            loaded = patcher.dti_load
+    return (statistics.median(ours), statistics.median(theirs), statistics.median(forward), statistics.median(backward),
+            peak_gpu, loaded)
+
+
+def round_plan(tiny: bool) -> list[tuple[str, str, Callable, list[tuple]]]:
+    """The GPU round: (label, family, builder, configs (resolution, batch, checkpointing, precision)).
+    ``tiny``: the same plan with tiny models and small resolutions, on the CPU (the dry run)."""
+    if tiny:
+        sdxl = lambda: (tiny_comfy.build_model("sdxl"), tiny_comfy.build_clip("sdxl"))  # noqa: E731
+        plan = [("sdxl", "sdxl", sdxl, [(64, 1, False, "auto"), (64, 1, True, "auto"), (48, 4, False, "auto")]),
+                ("sdxl, text encoder on the CPU", "sdxl", sdxl, [(64, 1, True, "auto")])]
+        if tiny_comfy.extramodels_path() is not None:
+            import tempfile
+
+            def sana():
+                pack = tiny_comfy.load_extramodels(tiny_comfy.extramodels_path())
+                return tiny_comfy.build_sana(pack, Path(tempfile.mkdtemp())), tiny_comfy.build_hf_gemma()
+
+            plan.append(("sana", "sana", sana, [(64, 2, True, "auto")]))
+        return plan
+    plan = [
+        ("sdxl", "sdxl", lambda: tiny_comfy.build_full_sdxl("cuda"),
+         [(1024, 1, False, "bf16"), (1024, 1, True, "bf16"), (768, 4, False, "bf16"), (768, 4, True, "bf16")]),
+        ("sdxl, text encoder on the CPU", "sdxl", lambda: tiny_comfy.build_full_sdxl("cuda", text_device="cpu"),
+         [(1024, 1, True, "bf16")]),
+    ]
+    if tiny_comfy.extramodels_path() is not None:
+        plan.append(("sana", "sana", lambda: tiny_comfy.build_full_sana("cuda"), [(1024, 2, False, "bf16"), (1024, 2, True, "bf16")]))
+    return plan
 
 
 def main() -> None:
@@ -201,56 +240,76 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--round", action="store_true", help="the GPU round's plan (SDXL configs, text encoder on the CPU, SANA)")
+    ap.add_argument("--tiny", action="store_true", help="with --round: tiny shapes on the CPU, to dry-run the round")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    mod = load_pack(args.device)
-
-    if args.family == "sana" and tiny_comfy.extramodels_path() is None:
-        sys.exit("the SANA path needs ComfyUI_ExtraModels in ComfyUI/custom_nodes")
-    if args.device == "cpu":
-        with torch.inference_mode():
-            if args.family == "sdxl":
-                model, clip = tiny_comfy.build_model("sdxl"), tiny_comfy.build_clip("sdxl")
-            elif args.family == "lumina2":
-                model, clip = tiny_comfy.build_lumina2_model(), tiny_comfy.build_gemma_clip()
-            elif args.family in ("flux", "sd3"):
-                model, clip = tiny_comfy.build_t5_model(args.family), tiny_comfy.build_t5_clip(args.family)
-            else:
-                import tempfile
-
-                pack = tiny_comfy.load_extramodels(tiny_comfy.extramodels_path())
-                model, clip = tiny_comfy.build_sana(pack, Path(tempfile.mkdtemp())), tiny_comfy.build_hf_gemma()
-        configs = [(128, 4, False, "auto")] if args.family == "sdxl" else [(64, 2, False, "auto")]
-        if args.family in ("flux", "sd3"):
-            configs = [(64, 2, False, "auto"), (128, 4, False, "auto")]
+    device = "cpu" if args.tiny else ("cuda" if args.round else args.device)
+    mod = load_pack(device)
+    if args.round:
+        plan = round_plan(args.tiny)
     else:
+        plan = [(args.family, args.family, lambda: single_models(args.family, args.device), single_configs(args.family, args.device))]
+    print(f"# DTI Train step, device {device}, torch {torch.__version__}, threads {args.threads}")
+    for label, family, build, configs in plan:
         with torch.inference_mode():
-            if args.family == "sdxl":
-                model, clip = tiny_comfy.build_full_sdxl("cuda")
-                configs = [(1024, 1, False, "bf16"), (1024, 1, True, "bf16"), (768, 4, False, "bf16"), (768, 4, True, "bf16")]
-            elif args.family == "sana":
-                model, clip = tiny_comfy.build_full_sana("cuda")
-                configs = [(1024, 2, False, "bf16"), (1024, 2, True, "bf16")]
-            else:
-                # Flux.1 (12 B DiT + 4.7 B T5-XXL) and SD3.5 need builders like build_full_sdxl and a GPU round
-                sys.exit("full-size GPU shapes are provided for sdxl and sana")
-
-    print(f"# DTI Train step, {args.family}, device {args.device}, torch {torch.__version__}, threads {args.threads}")
-    for resolution, batch, gc, precision in configs:
-        try:
-            ours, bare, peak = measure(args.device, mod, model, clip, args.family, resolution, batch, args.steps, args.warmup,
-                                       gc, precision)
-        except torch.cuda.OutOfMemoryError as e:
-            print(f"resolution={resolution} batch={batch} checkpointing={gc}: out of memory ({e})")
+            model, clip = build()
+        for resolution, batch, gc, precision in configs:
+            report(label, mod, model, clip, family, resolution, batch, gc, precision, args.steps, args.warmup, device)
+        del model, clip
+        if device == "cuda":
             torch.cuda.empty_cache()
-            continue
-        line = (f"resolution={resolution} batch={batch} precision={precision} checkpointing={gc} "
-                f"s_per_step={ours:.4f} it_per_s={1 / ours:.2f} bare_s_per_step={bare:.4f} overhead_ratio={ours / bare:.3f}")
-        if peak is not None:
-            line += f" peak_gpu_gib={peak:.2f}"
-        print(line)
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"peak_rss_mib={rss:.0f}")
+
+
+def single_models(family: str, device: str):
+    if family == "sana" and tiny_comfy.extramodels_path() is None:
+        sys.exit("the SANA path needs ComfyUI_ExtraModels in ComfyUI/custom_nodes")
+    if device == "cpu":
+        if family == "sdxl":
+            return tiny_comfy.build_model("sdxl"), tiny_comfy.build_clip("sdxl")
+        if family == "lumina2":
+            return tiny_comfy.build_lumina2_model(), tiny_comfy.build_gemma_clip()
+        if family in ("flux", "sd3"):
+            return tiny_comfy.build_t5_model(family), tiny_comfy.build_t5_clip(family)
+        import tempfile
+
+        pack = tiny_comfy.load_extramodels(tiny_comfy.extramodels_path())
+        return tiny_comfy.build_sana(pack, Path(tempfile.mkdtemp())), tiny_comfy.build_hf_gemma()
+    if family == "sdxl":
+        return tiny_comfy.build_full_sdxl("cuda")
+    if family == "sana":
+        return tiny_comfy.build_full_sana("cuda")
+    # Flux.1 (12 B DiT + 4.7 B T5-XXL) and SD3.5 need full-size builders like build_full_sdxl first
+    sys.exit("full-size GPU shapes are provided for sdxl and sana")
+
+
+def single_configs(family: str, device: str) -> list[tuple]:
+    if device == "cpu":
+        if family in ("flux", "sd3"):
+            return [(64, 2, False, "auto"), (128, 4, False, "auto")]
+        return [(128, 4, False, "auto")] if family == "sdxl" else [(64, 2, False, "auto")]
+    if family == "sdxl":
+        return [(1024, 1, False, "bf16"), (1024, 1, True, "bf16"), (768, 4, False, "bf16"), (768, 4, True, "bf16")]
+    return [(1024, 2, False, "bf16"), (1024, 2, True, "bf16")]
+
+
+def report(label, mod, model, clip, family, resolution, batch, gc, precision, steps, warmup, device) -> None:
+    head = f"[{label}] resolution={resolution} batch={batch} precision={precision} checkpointing={gc}"
+    try:
+        ours, bare, fwd, bwd, peak, loaded = measure(device, mod, model, clip, family, resolution, batch, steps, warmup,
+                                                     gc, precision)
+    except torch.cuda.OutOfMemoryError as e:
+        print(f"{head}: out of memory ({e})")
+        torch.cuda.empty_cache()
+        return
+    line = (f"{head} s_per_step={ours:.4f} it_per_s={1 / ours:.2f} bare_s_per_step={bare:.4f} "
+            f"overhead_ratio={ours / bare:.3f} backward_over_forward={bwd / fwd:.2f}")
+    if peak is not None:
+        line += f" peak_gpu_gib={peak:.2f}"
+    print(line)
+    print(f"    loaded: {loaded}")
 
 
 if __name__ == "__main__":

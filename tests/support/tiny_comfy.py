@@ -237,8 +237,9 @@ def randomize_(module: torch.nn.Module, seed: int = 0, table_std: float = 0.02) 
     return module
 
 
-def build_full_sdxl(device: str = "cuda", dtype: torch.dtype = torch.float16):
-    """(ModelPatcher, CLIP) with SDXL's real shapes (UNet 2.6 B, CLIP-L 12 + CLIP-G 32 layers), random weights."""
+def build_full_sdxl(device: str = "cuda", dtype: torch.dtype = torch.float16, text_device: str | None = None):
+    """(ModelPatcher, CLIP) with SDXL's real shapes (UNet 2.6 B, CLIP-L 12 + CLIP-G 32 layers), random weights.
+    ``text_device``: where the text encoders live and run (default: ``device``)."""
     import comfy.model_management
     import comfy.model_patcher
     import comfy.sd
@@ -253,8 +254,10 @@ def build_full_sdxl(device: str = "cuda", dtype: torch.dtype = torch.float16):
     randomize_(model.diffusion_model)
     patcher = comfy.model_patcher.ModelPatcher(model, load_device=torch.device(device),
                                                offload_device=comfy.model_management.unet_offload_device())
+    text = torch.device(text_device or device)
+    options = {"initial_device": text} if text_device is None else {"initial_device": text, "load_device": text}
     clip = comfy.sd.CLIP(target=ClipTarget(comfy.sdxl_clip.SDXLTokenizer, comfy.sdxl_clip.SDXLClipModel),
-                         model_options={"initial_device": torch.device(device)})
+                         model_options=options)
     randomize_(clip.cond_stage_model, seed=1)
     return patcher, clip
 
