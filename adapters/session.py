@@ -52,6 +52,7 @@ class SessionResult:
     summary: str = ""
     plot: Any = None  # PIL image
     previews: Previews | None = None  # the frames sampled while training (None when previews are off)
+    encoder: TextEncoder | None = None  # the text-encoder adapter the run used, to encode with the result
 
 
 def compute_dtype(precision: str, patcher) -> torch.dtype | None:
@@ -138,7 +139,9 @@ def train_concept(
                 previews = Previews(model, vae, encoder, s, prompt or "a photo of {}",
                                     before=lambda: _restore_object_patches(patcher),
                                     after=lambda: _reload_after_preview(patcher, encoder, vae))
-            return _run(trainer, family, s, node_id, on_step, text, previews, patcher.dti_load)
+            session = _run(trainer, family, s, node_id, on_step, text, previews, patcher.dti_load)
+            session.encoder = encoder
+            return session
 
 
 def preflight(encoder: TextEncoder, s: TrainSettings, prompt: str | None) -> None:
@@ -210,8 +213,9 @@ def _checkpoint_path(name: str, step: int, tag: str = "step") -> Path:
     return checkpoints_folder() / formats.safe_name(name) / f"{tag}_{step:06d}.safetensors"
 
 
-def _finish_concept(trainer: Trainer, text) -> Concept:
-    concept = trainer.concept()
+def _finish_concept(trainer: Trainer, text, concept: Concept | None = None) -> Concept:
+    """The trainer's concept (``concept`` when the caller has it already) with its vocabularies' fingerprints."""
+    concept = trainer.concept() if concept is None else concept
     for key, enc in concept.encoders.items():
         enc.weights_hash = weights_hash(text.vocabulary(key))
     return concept
@@ -256,8 +260,7 @@ def _run(trainer: Trainer, family: HostFamily, settings: TrainSettings, node_id,
             if isinstance(exc, DTIError):  # the pack's own errors say what was kept; others pass unchanged
                 exc.args = (f"{exc} Saved what was learned so far: {kept}", *exc.args[1:])
         raise
-    concept = _finish_concept(trainer, text)
-    result.concept = concept
+    concept = _finish_concept(trainer, text, result.concept)
     saved = None
     if settings.save:
         try:

@@ -14,7 +14,6 @@ import torch
 from ..adapters.folders import checkpoint_choices, checkpoints_folder
 from ..adapters.plots import to_image_tensor
 from ..adapters.session import train_concept
-from ..adapters.text_encoder import text_encoder
 from ..dti.families import FAMILIES, defaults_by_family
 from ..dti.optim import METHODS, TI_ADAMW_LR
 from ..dti.settings import (
@@ -226,9 +225,8 @@ def settings_from_inputs(values: dict) -> TrainSettings:
 
 
 def run_training(cls, model, clip, vae, images, settings: TrainSettings, prompt: str, previews: bool = True) -> io.NodeOutput:
-    encoder = text_encoder(clip)
     session = train_concept(model, clip, vae, images, settings, node_id=cls.hidden.unique_id, prompt=prompt)
-    conditioning = encoder.conditioning(session.settings.name, prompt, session.concept.vectors())
+    conditioning = session.encoder.conditioning(session.settings.name, prompt, session.concept.vectors())
     plot = to_image_tensor(session.plot)
     outputs = [session.concept, conditioning, plot, session.summary]
     if previews:
