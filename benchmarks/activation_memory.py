@@ -22,16 +22,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "support"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import tiny_comfy  # noqa: E402
+from fullsize import SD15_UNET  # noqa: E402  (the one copy of the full-size SD1.5 config)
 from train_step import load_pack  # noqa: E402
-
-SD15_UNET = {
-    "use_checkpoint": False, "image_size": 32, "out_channels": 4, "use_spatial_transformer": True, "legacy": False,
-    "adm_in_channels": None, "in_channels": 4, "model_channels": 320, "num_res_blocks": [2, 2, 2, 2],
-    "transformer_depth": [1, 1, 1, 1, 1, 1, 0, 0], "channel_mult": [1, 2, 4, 4], "transformer_depth_middle": 1,
-    "use_linear_in_transformer": False, "context_dim": 768, "num_heads": 8,
-    "transformer_depth_output": [1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0], "use_temporal_attention": False,
-    "use_temporal_resblock": False,
-}
 
 
 def _is_attention_probs(t: torch.Tensor, tokens: int) -> bool:
