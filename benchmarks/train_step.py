@@ -4,8 +4,9 @@
     python benchmarks/train_step.py --family lumina2 # CPU, tiny Lumina 2 (Gemma-2)
     python benchmarks/train_step.py --family flux    # CPU, tiny Flux.1 dev (CLIP-L + T5, 256-token T5 sequence)
     python benchmarks/train_step.py --family sd3     # CPU, tiny SD3.5 (CLIP-L + CLIP-G + a 4096-wide T5)
-    python benchmarks/train_step.py --device cuda    # GPU, full-size SDXL shapes, random weights
-    python benchmarks/train_step.py --round          # the GPU round (benchmarks/gpu_round.sh): SDXL configs, SANA
+    python benchmarks/train_step.py --device cuda    # GPU, full-size SDXL shapes, random weights (also
+                                                     # --family sana|flux|sd3: SANA 1.6B, Flux.1 dev, SD3.5 Large)
+    python benchmarks/train_step.py --round          # the GPU round (benchmarks/gpu_round.sh): SDXL, Flux.1, SANA, SD3.5
     python benchmarks/train_step.py --round --tiny   # the same code path with tiny shapes on the CPU (dry run)
 
 overhead_ratio = (DTI Train step: the pack's text side + denoise side + optimizer, exactly as the
@@ -20,11 +21,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import importlib
 import resource
 import statistics
 import sys
 import time
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 
@@ -207,30 +210,33 @@ def measure(device, mod, model, clip, family_name, resolution, batch_size, steps
 
 
 def round_plan(tiny: bool) -> list[tuple[str, str, Callable, list[tuple]]]:
-    """The GPU round: (label, family, builder, configs (resolution, batch, checkpointing, precision)).
-    ``tiny``: the same plan with tiny models and small resolutions, on the CPU (the dry run)."""
+    """The GPU round: (label, family, builder, configs (resolution, batch, checkpointing, precision)), most
+    wanted first, since a spent time budget skips the tail. ``tiny``: the same plan with tiny models and
+    small resolutions, on the CPU (the dry run)."""
+    sana = tiny_comfy.extramodels_path() is not None
     if tiny:
+        import tempfile
+
+        def tiny_sana():
+            pack = tiny_comfy.load_extramodels(tiny_comfy.extramodels_path())
+            return tiny_comfy.build_sana(pack, Path(tempfile.mkdtemp())), tiny_comfy.build_hf_gemma()
+
         sdxl = lambda: (tiny_comfy.build_model("sdxl"), tiny_comfy.build_clip("sdxl"))  # noqa: E731
-        plan = [("sdxl", "sdxl", sdxl, [(64, 1, False, "auto"), (64, 1, True, "auto"), (48, 4, False, "auto")]),
-                ("sdxl, text encoder on the CPU", "sdxl", sdxl, [(64, 1, True, "auto")])]
-        if tiny_comfy.extramodels_path() is not None:
-            import tempfile
-
-            def sana():
-                pack = tiny_comfy.load_extramodels(tiny_comfy.extramodels_path())
-                return tiny_comfy.build_sana(pack, Path(tempfile.mkdtemp())), tiny_comfy.build_hf_gemma()
-
-            plan.append(("sana", "sana", sana, [(64, 2, True, "auto")]))
-        return plan
-    plan = [
+        return [("sdxl", "sdxl", sdxl, [(64, 1, False, "auto"), (64, 1, True, "auto"), (48, 4, False, "auto")]),
+                ("flux", "flux", lambda: single_models("flux", "cpu"), [(64, 1, True, "auto"), (64, 1, False, "auto")]),
+                *([("sana", "sana", tiny_sana, [(64, 2, True, "auto")])] if sana else []),
+                ("sdxl, text encoder on the CPU", "sdxl", sdxl, [(64, 1, True, "auto")]),
+                ("sd3", "sd3", lambda: single_models("sd3", "cpu"), [(64, 1, True, "auto")])]
+    return [
         ("sdxl", "sdxl", lambda: tiny_comfy.build_full_sdxl("cuda"),
          [(1024, 1, False, "bf16"), (1024, 1, True, "bf16"), (768, 4, False, "bf16"), (768, 4, True, "bf16")]),
+        # Flux.1 dev + T5-XXL at 1024² batch 1: the step 24 GB cards are meant to hold (with checkpointing)
+        ("flux", "flux", lambda: tiny_comfy.build_full_flux("cuda"), single_configs("flux", "cuda")),
+        *([("sana", "sana", lambda: tiny_comfy.build_full_sana("cuda"), single_configs("sana", "cuda"))] if sana else []),
         ("sdxl, text encoder on the CPU", "sdxl", lambda: tiny_comfy.build_full_sdxl("cuda", text_device="cpu"),
          [(1024, 1, True, "bf16")]),
+        ("sd3.5 large", "sd3", lambda: tiny_comfy.build_full_sd3("cuda"), single_configs("sd3", "cuda")[:1]),
     ]
-    if tiny_comfy.extramodels_path() is not None:
-        plan.append(("sana", "sana", lambda: tiny_comfy.build_full_sana("cuda"), [(1024, 2, False, "bf16"), (1024, 2, True, "bf16")]))
-    return plan
 
 
 def main() -> None:
@@ -240,9 +246,15 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--round", action="store_true", help="the GPU round's plan (SDXL configs, text encoder on the CPU, SANA)")
+    ap.add_argument("--round", action="store_true",
+                    help="the GPU round's plan (SDXL configs, Flux.1, SANA, SDXL's text encoder on the CPU, SD3.5)")
     ap.add_argument("--tiny", action="store_true", help="with --round: tiny shapes on the CPU, to dry-run the round")
+    ap.add_argument("--budget-s", type=float, default=0.0,
+                    help="skip what would start after this many seconds (0: no limit), so a timed round ends by itself")
     args = ap.parse_args()
+    sys.stdout.reconfigure(line_buffering=True)  # each figure survives a round cut short by its timeout
+    start = time.monotonic()
+    spent = lambda: args.budget_s > 0 and time.monotonic() - start > args.budget_s  # noqa: E731
     torch.set_num_threads(args.threads)
     device = "cpu" if args.tiny else ("cuda" if args.round else args.device)
     mod = load_pack(device)
@@ -251,16 +263,33 @@ def main() -> None:
     else:
         plan = [(args.family, args.family, lambda: single_models(args.family, args.device), single_configs(args.family, args.device))]
     print(f"# DTI Train step, device {device}, torch {torch.__version__}, threads {args.threads}")
+    failed = []
     for label, family, build, configs in plan:
+        if spent():
+            print(f"[{label}] skipped: the {args.budget_s:.0f} s time budget is spent")
+            continue
+        before = torch.cuda.memory_allocated() / 2**30 if device == "cuda" else 0.0
+        t0 = time.perf_counter()
         with torch.inference_mode():
             model, clip = build()
-        for resolution, batch, gc, precision in configs:
-            report(label, mod, model, clip, family, resolution, batch, gc, precision, args.steps, args.warmup, device)
+        print(f"# [{label}] built in {time.perf_counter() - t0:.1f} s"
+              + (f", {before:.2f} GiB still allocated from earlier models" if device == "cuda" else ""))
+        for resolution, batch, checkpointing, precision in configs:
+            if spent():
+                print(f"[{label}] resolution={resolution} batch={batch} checkpointing={checkpointing}: skipped, "
+                      f"the {args.budget_s:.0f} s time budget is spent")
+                continue
+            if not report(label, mod, model, clip, family, resolution, batch, checkpointing, precision, args.steps,
+                          args.warmup, device):
+                failed.append(f"[{label}] resolution={resolution} batch={batch} checkpointing={checkpointing}")
         del model, clip
+        gc.collect()  # ComfyUI's models hold reference cycles: free their GPU weights before the next build
         if device == "cuda":
             torch.cuda.empty_cache()
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"peak_rss_mib={rss:.0f}")
+    if failed:
+        sys.exit(f"{len(failed)} configuration(s) failed: {'; '.join(failed)}")
 
 
 def single_models(family: str, device: str):
@@ -277,12 +306,11 @@ def single_models(family: str, device: str):
 
         pack = tiny_comfy.load_extramodels(tiny_comfy.extramodels_path())
         return tiny_comfy.build_sana(pack, Path(tempfile.mkdtemp())), tiny_comfy.build_hf_gemma()
-    if family == "sdxl":
-        return tiny_comfy.build_full_sdxl("cuda")
-    if family == "sana":
-        return tiny_comfy.build_full_sana("cuda")
-    # Flux.1 (12 B DiT + 4.7 B T5-XXL) and SD3.5 need full-size builders like build_full_sdxl first
-    sys.exit("full-size GPU shapes are provided for sdxl and sana")
+    builders = {"sdxl": tiny_comfy.build_full_sdxl, "sana": tiny_comfy.build_full_sana, "flux": tiny_comfy.build_full_flux,
+                "sd3": tiny_comfy.build_full_sd3}
+    if family not in builders:
+        sys.exit(f"no full-size GPU shapes for {family!r}: choose one of {', '.join(builders)}")
+    return builders[family]("cuda")
 
 
 def single_configs(family: str, device: str) -> list[tuple]:
@@ -292,24 +320,33 @@ def single_configs(family: str, device: str) -> list[tuple]:
         return [(128, 4, False, "auto")] if family == "sdxl" else [(64, 2, False, "auto")]
     if family == "sdxl":
         return [(1024, 1, False, "bf16"), (1024, 1, True, "bf16"), (768, 4, False, "bf16"), (768, 4, True, "bf16")]
+    if family in ("flux", "sd3"):  # checkpointed first: the 24 GB-card configuration
+        return [(1024, 1, True, "bf16"), (1024, 1, False, "bf16")]
     return [(1024, 2, False, "bf16"), (1024, 2, True, "bf16")]
 
 
-def report(label, mod, model, clip, family, resolution, batch, gc, precision, steps, warmup, device) -> None:
-    head = f"[{label}] resolution={resolution} batch={batch} precision={precision} checkpointing={gc}"
+def report(label, mod, model, clip, family, resolution, batch, checkpointing, precision, steps, warmup, device) -> bool:
+    """Print one configuration's figures; False when it failed (printed with its traceback, so the
+    rest of a scarce GPU round still runs)."""
+    head = f"[{label}] resolution={resolution} batch={batch} precision={precision} checkpointing={checkpointing}"
     try:
         ours, bare, fwd, bwd, peak, loaded = measure(device, mod, model, clip, family, resolution, batch, steps, warmup,
-                                                     gc, precision)
+                                                     checkpointing, precision)
     except torch.cuda.OutOfMemoryError as e:
         print(f"{head}: out of memory ({e})")
         torch.cuda.empty_cache()
-        return
+        return True  # a figure in itself, not a failure of the code path
+    except Exception as e:  # noqa: BLE001 — any failure is reported; main() exits non-zero at the end
+        traceback.print_exc(file=sys.stdout)
+        print(f"{head}: FAILED: {type(e).__name__}: {e}")
+        return False
     line = (f"{head} s_per_step={ours:.4f} it_per_s={1 / ours:.2f} bare_s_per_step={bare:.4f} "
             f"overhead_ratio={ours / bare:.3f} backward_over_forward={bwd / fwd:.2f}")
     if peak is not None:
         line += f" peak_gpu_gib={peak:.2f}"
     print(line)
     print(f"    loaded: {loaded}")
+    return True
 
 
 if __name__ == "__main__":

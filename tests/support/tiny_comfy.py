@@ -221,7 +221,7 @@ def randomize_(module: torch.nn.Module, seed: int = 0, table_std: float = 0.02) 
     """Fill a module's floating tensors in place, on their own device (fan-in scaled, as above)."""
     g = None
     for name, t in module.state_dict(keep_vars=True).items():
-        if not torch.is_floating_point(t):
+        if not torch.is_floating_point(t) or t.is_meta:  # meta: a layout check, nothing to fill
             continue
         if g is None or g.device != t.device:
             g = torch.Generator(device=t.device).manual_seed(seed)
@@ -230,7 +230,7 @@ def randomize_(module: torch.nn.Module, seed: int = 0, table_std: float = 0.02) 
             t.normal_(0, table_std, generator=g)
         elif t.ndim >= 2:
             t.normal_(0, 1 / math.sqrt(math.prod(t.shape[1:])), generator=g)
-        elif leaf == "weight":
+        elif leaf in ("weight", "scale"):  # norm scales (Flux's RMSNorm calls its own `scale`)
             t.fill_(1.0)
         else:
             t.zero_()
@@ -545,3 +545,101 @@ def build_t5_model(family: str, seed: int = 12, dtype: torch.dtype = torch.float
     model.load_model_weights(random_state_dict(model.diffusion_model, seed), "")
     return comfy.model_patcher.ModelPatcher(model, load_device=comfy.model_management.get_torch_device(),
                                             offload_device=comfy.model_management.unet_offload_device())
+
+
+# ---------------------------------------------------------------------------------------------
+# Full-size T5 families (for GPU benchmarks): Flux.1 dev (12 B DiT + CLIP-L + T5-XXL 4.7 B) and
+# SD3.5 Large (8 B MMDiT + CLIP-L + CLIP-G + T5-XXL), real shapes, random weights made on the device.
+# device="meta" builds the layout only (no memory), to check it against ComfyUI's model detection.
+
+# What ComfyUI's detect_unet_config reads from a Flux.1 dev checkpoint.
+FLUX_DEV_UNET = {"image_model": "flux", "in_channels": 16, "patch_size": 2, "out_channels": 16, "vec_in_dim": 768,
+                 "context_in_dim": 4096, "hidden_size": 3072, "mlp_ratio": 4.0, "num_heads": 24, "depth": 19,
+                 "depth_single_blocks": 38, "axes_dim": [16, 56, 56], "theta": 10000, "qkv_bias": True,
+                 "guidance_embed": True}
+SD35_LARGE_DEPTH = 38  # MMDiT width = 64 × depth (2432), 38 heads
+CLIP_ZERO_ROWS = (49400, 49401, 49402)  # a few rows with no vector, so "mean of the non-zero rows" is exercised
+T5_ZERO_ROWS = (32097, 32098, 32099)
+
+
+def full_sd3_unet_config(depth: int = SD35_LARGE_DEPTH) -> dict:
+    """What ComfyUI's detect_unet_config reads from an SD3.5 Large checkpoint (``depth`` blocks)."""
+    return {"in_channels": 16, "patch_size": 2, "out_channels": 16, "depth": depth, "input_size": None,
+            "adm_in_channels": 2048, "num_patches": 36864, "pos_embed_max_size": 192, "qk_norm": "rms",
+            "pos_embed_scaling_factor": None, "x_block_self_attn_layers": [],
+            "context_embedder_config": {"target": "torch.nn.Linear", "params": {"in_features": 4096, "out_features": 64 * depth}}}
+
+
+@torch.no_grad()
+def fill_token_rows_(table: torch.Tensor, seed: int, zero_rows: tuple[int, ...], reachable: int | None = None) -> None:
+    """Token rows of norm ≈ 0.4 (as in the released CLIP-L; see fullsize.py), a few all-zero rows, and
+    rows past ``reachable`` (ids the tokenizer never produces) 5× larger, as never-trained T5 rows."""
+    if table.is_meta:
+        return
+    from fullsize import TOKEN_ROW_NORM
+
+    g = torch.Generator(device=table.device).manual_seed(seed)
+    table.normal_(0, TOKEN_ROW_NORM / math.sqrt(table.shape[-1]), generator=g)
+    if reachable is not None:
+        table[reachable:] *= 5.0
+    table[list(zero_rows)] = 0
+
+
+def _full_dit(config, device: str, dtype: torch.dtype):
+    import comfy.model_management
+    import comfy.model_patcher
+
+    config.set_inference_dtype(dtype, None)
+    model = config.get_model({}, device=torch.device(device))  # layers made in ``dtype`` where they live
+    model.diffusion_model.to(device=device, dtype=dtype)  # the few plain parameters (Flux's norm scales)
+    randomize_(model.diffusion_model)
+    return comfy.model_patcher.ModelPatcher(model, load_device=torch.device(device),
+                                            offload_device=comfy.model_management.unet_offload_device())
+
+
+def _full_t5_clip(target, device: str, text_device: str | None, t5_layers: int, seed: int):
+    """comfy.sd.CLIP of ``target`` with full-size encoders (T5-XXL's own config unless ``t5_layers`` < 24)."""
+    import comfy.sd
+
+    text = torch.device(text_device or device)
+    options = {"initial_device": text} if text_device is None else {"initial_device": text, "load_device": text}
+    if t5_layers != 24:
+        options["t5xxl_model_config"] = {"num_layers": t5_layers}
+    clip = comfy.sd.CLIP(target=target, model_options=options)
+    model = clip.cond_stage_model
+    randomize_(model, seed=seed)
+    for i, key in enumerate(("clip_l", "clip_g")):
+        enc = getattr(model, key, None)
+        if enc is not None:
+            fill_token_rows_(enc.transformer.get_input_embeddings().weight, seed + 1 + i, CLIP_ZERO_ROWS)
+    fill_token_rows_(model.t5xxl.transformer.get_input_embeddings().weight, seed + 3, T5_ZERO_ROWS, T5_REACHABLE)
+    return clip
+
+
+def build_full_flux(device: str = "cuda", dtype: torch.dtype = torch.bfloat16, text_device: str | None = None,
+                    depth: int = 19, depth_single_blocks: int = 38, t5_layers: int = 24):
+    """(ModelPatcher, CLIP) with Flux.1 dev's real shapes (DiT 11.9 B: width 3072, 19 double + 38 single
+    blocks, guidance embedder; CLIP-L 123 M; T5-XXL 4.76 B: 24 layers, d_model 4096, d_ff 10240, vocabulary
+    32128) and ComfyUI's shipped T5 tokenizer, random weights made on ``device`` (no weight crosses the bus).
+    Fewer blocks/layers only to check the layout on a small machine."""
+    import comfy.supported_models
+    import comfy.text_encoders.flux
+    from comfy.supported_models_base import ClipTarget
+
+    unet = {**FLUX_DEV_UNET, "depth": depth, "depth_single_blocks": depth_single_blocks}
+    patcher = _full_dit(comfy.supported_models.Flux(unet), device, dtype)
+    target = ClipTarget(comfy.text_encoders.flux.FluxTokenizer, comfy.text_encoders.flux.flux_clip())
+    return patcher, _full_t5_clip(target, device, text_device, t5_layers, seed=1)
+
+
+def build_full_sd3(device: str = "cuda", dtype: torch.dtype = torch.bfloat16, text_device: str | None = None,
+                   depth: int = SD35_LARGE_DEPTH, t5_layers: int = 24):
+    """(ModelPatcher, CLIP) with SD3.5 Large's real shapes (MMDiT 8.1 B: 38 blocks of width 2432, RMS q/k
+    norms; CLIP-L + CLIP-G 0.8 B; T5-XXL 4.76 B), random weights made on ``device``."""
+    import comfy.supported_models
+    import comfy.text_encoders.sd3_clip
+    from comfy.supported_models_base import ClipTarget
+
+    patcher = _full_dit(comfy.supported_models.SD3(full_sd3_unet_config(depth)), device, dtype)
+    target = ClipTarget(comfy.text_encoders.sd3_clip.SD3Tokenizer, comfy.text_encoders.sd3_clip.sd3_clip())
+    return patcher, _full_t5_clip(target, device, text_device, t5_layers, seed=1)
