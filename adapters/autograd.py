@@ -126,6 +126,30 @@ def checkpoint_blocks(diffusion_model: torch.nn.Module) -> list[torch.nn.Module]
     return blocks
 
 
+def _checkpointed(forward):
+    def run(*args, **kwargs):
+        return torch.utils.checkpoint.checkpoint(forward, *args, use_reentrant=False, **kwargs)
+
+    return run
+
+
+def _on_copies(forward):
+    """Flux's and Chroma's blocks add residuals into their own inputs (x += …), which recomputation
+    needs unchanged: the block works on copies made inside the recomputed region (same values, and
+    not kept — only the originals are saved for backward)."""
+
+    def run(*args, **kwargs):
+        return forward(*map(_copy_if_tensor, args), **{k: _copy_if_tensor(v) for k, v in kwargs.items()})
+
+    return run
+
+
+def _copy_if_tensor(value):
+    # every tensor input, not only those with gradient: Chroma's first block also writes into the
+    # image stream, which carries no gradient yet
+    return value.clone() if torch.is_tensor(value) and value.is_floating_point() else value
+
+
 @contextlib.contextmanager
 def gradient_checkpointing(diffusion_model: torch.nn.Module, enabled: bool) -> Iterator[int]:
     """Recompute each block (see checkpoint_blocks) in backward instead of storing its activations; undone on exit."""
@@ -135,12 +159,10 @@ def gradient_checkpointing(diffusion_model: torch.nn.Module, enabled: bool) -> I
     blocks = checkpoint_blocks(diffusion_model)
     try:
         for block in blocks:
-            original = block.forward
-
-            def checkpointed(*args, _f=original, **kwargs):
-                return torch.utils.checkpoint.checkpoint(_f, *args, use_reentrant=False, **kwargs)
-
-            block.forward = checkpointed
+            run = block.forward
+            if type(block) in IN_PLACE_RESIDUALS:
+                run = _on_copies(run)
+            block.forward = _checkpointed(run)
         yield len(blocks)
     finally:
         for block in blocks:
