@@ -1,8 +1,15 @@
 """A DTI training run on the MODEL, CLIP and VAE the user already loaded.
 
+Order: settings resolved against the family row and checked, then a preflight of everything that
+could fail after training (folders, names, initializer, prompt), then images → latents, then the
+models are loaded through ComfyUI's memory manager with room for the step's activations, then the
+loop (previews sampled between steps when asked), then the save — which, if it fails, keeps the
+vectors elsewhere and says where.
+
 Everything temporary is undone in `finally`: the MODEL is trained through a clone of its patcher,
-CLIP layers get an out-of-place forward only for the run, gradient checkpointing is unwrapped, and
-the encoder's layer options are reset. Weights are never written.
+in-place residuals get out-of-place treatment only for the run, cast weight copies are re-cast in
+backward instead of kept, gradient checkpointing is unwrapped, and the encoder's layer options are
+reset. Weights are never written.
 """
 
 from __future__ import annotations
@@ -40,6 +47,7 @@ from .progress import Progress, check_interrupted
 from .text_encoder import TextEncoder, text_encoder
 
 log = logging.getLogger("ComfyUI-DTI")
+
 
 @dataclass
 class SessionResult:
