@@ -130,17 +130,61 @@ function showText(node, text) {
     });
     const widget = node.addDOMWidget("dti_report", "dti-report", el, { hideOnZoom: false, serialize: false });
     widget.serialize = false;
-    widget.computeLayoutSize = () => ({ minHeight: 120, minWidth: 320 });
+    widget.computeLayoutSize = () => ({ minHeight: reportHeight(el.textContent, node.size?.[0] || 320), minWidth: 320 });
     node.__dtiText = el;
   }
   el.textContent = text;
   STATE.reports[String(node.id)] = text;
-  node.setDirtyCanvas?.(true, true);
+  fitNode(node);
+}
+
+function reportHeight(text, width) {
+  // The report's height in graph units: its lines, wrapped at the node's width (11px monospace),
+  // capped where the box starts to scroll.
+  const perLine = Math.max(20, Math.floor((width - 40) / 6.7));
+  const lines = String(text || "").split("\n").reduce((n, l) => n + Math.max(1, Math.ceil(l.length / perLine)), 0);
+  return Math.min(260, Math.max(40, lines * 13 + 16));
+}
+
+function layoutKey(node) {
+  // What decides a node's content height: its widgets (ComfyUI adds an image preview widget when an
+  // output image arrives), the report text and the chart's width.
+  return [(node.widgets || []).map((w) => w.name).join(","), node.imgs?.length || 0,
+    node.__dtiText?.textContent.length || 0, node.__dtiCanvas?.width || 0].join("|");
+}
+
+function fitNode(node) {
+  // Grow the node downwards (never shrink it, keep its width: the pack's widgets fit any width) so
+  // what the pack and ComfyUI added after a run lies inside it.
+  if (!node?.computeSize || !node.size) return;
+  node.__dtiLayout = layoutKey(node);
+  const h = Math.max(node.size[1], node.computeSize()[1]);
+  if (h !== node.size[1]) node.setSize([node.size[0], h]);
+  app.graph?.setDirtyCanvas?.(true, true);
+}
+
+function hasChart(nodeId) {
+  // The DTI Train node (by its id as ComfyUI's preview messages name it: "5", or "3:5" in a subgraph).
+  const id = String(nodeId ?? "").split(":").pop();
+  if (!id) return false;
+  const graphs = [app.graph, app.canvas?.graph].filter(Boolean);
+  return graphs.some((g) => (g.getNodeById?.(Number(id)) ?? g.getNodeById?.(id))?.__dtiCanvas);
 }
 
 app.registerExtension({
   name: "ComfyUI-DTI",
   setup() {
+    // DTI Train's progress-bar preview is a JPEG of the same loss / norm chart the node already draws
+    // live: ComfyUI would add it as an image under the chart. Keep it off nodes that have the chart
+    // (b_preview, which the queue panel shows, still goes out).
+    const dispatch = api.dispatchCustomEvent;
+    if (typeof dispatch === "function" && !api.__dtiPreviewFilter) {
+      api.__dtiPreviewFilter = true;
+      api.dispatchCustomEvent = function (type, detail) {
+        if (type === "b_preview_with_metadata" && hasChart(detail?.displayNodeId ?? detail?.nodeId)) return;
+        return dispatch.apply(this, arguments);
+      };
+    }
     api.addEventListener("dti.train.preview", ({ detail }) => {
       // A sample frame of the concept at detail.step (a JPEG data URL), drawn beside the chart.
       const id = String(detail.node);
@@ -150,7 +194,7 @@ app.registerExtension({
       img.onload = () => {
         s.frame = { step: detail.step, img };
         const node = app.graph?.getNodeById?.(Number(id)) ?? app.graph?.getNodeById?.(id);
-        if (node?.__dtiCanvas) drawChart(node.__dtiCanvas, s, node);
+        if (node?.__dtiCanvas) { drawChart(node.__dtiCanvas, s, node); fitNode(node); }
       };
       img.src = detail.image;
     });
@@ -191,6 +235,15 @@ app.registerExtension({
       executed?.apply(this, arguments);
       const text = message?.text?.[0];
       if (text) showText(this, text);
+      fitNode(this);
+    };
+    // ComfyUI adds its image preview widget while drawing, after onExecuted: fit again when the
+    // node's content changes.
+    const drawn = nodeType.prototype.onDrawForeground;
+    nodeType.prototype.onDrawForeground = function () {
+      const r = drawn?.apply(this, arguments);
+      if (this.__dtiLayout !== undefined && this.__dtiLayout !== layoutKey(this)) fitNode(this);
+      return r;
     };
   },
 });

@@ -142,6 +142,39 @@ async def forget_runs(b: br.Browser) -> None:
                      "for (const k of Object.keys(d)) delete d[k]; return true; })()")
 
 
+# Whether what a run added to a node lies inside the node as drawn: the element's box (the pack's
+# chart or report) within the node's box on the page, the node at least as large as its content
+# (ComfyUI's image preview widget included), and, on a node with the pack's chart, no progress
+# preview image of ComfyUI's drawn over or under it.
+NODE_FIT = """(async () => {
+  await new Promise(r => setTimeout(r, 500));
+  const node = window.app.graph.getNodeById(%s), sel = %s;
+  const c = window.app.canvas, ds = c.ds, cr = c.canvas.getBoundingClientRect();
+  const title = LiteGraph.NODE_TITLE_HEIGHT;
+  const [x0, y0] = ds.convertOffsetToCanvas([node.pos[0], node.pos[1] - title]);
+  const [x1, y1] = ds.convertOffsetToCanvas([node.pos[0] + node.size[0], node.pos[1] + node.size[1]]);
+  const box = {left: cr.left + x0, top: cr.top + y0, right: cr.left + x1, bottom: cr.top + y1};
+  const outside = [...document.querySelectorAll(sel)].map(e => e.getBoundingClientRect())
+    .filter(r => r.left < box.left - 2 || r.top < box.top - 2 || r.right > box.right + 2 || r.bottom > box.bottom + 2)
+    .map(r => [r.left, r.top, r.right, r.bottom].map(Math.round));
+  const want = node.computeSize();
+  const previews = node.__dtiCanvas ? (node.imgs?.length || 0) + (node.widgets || []).filter(w => w.type === 'IMAGE_PREVIEW'
+    || w.name === '$$canvas-image-preview').length : 0;
+  return {outside, node: [box.left, box.top, box.right, box.bottom].map(Math.round), size: [...node.size].map(Math.round),
+          content: [...want].map(Math.round), fits: node.size[1] + 1 >= want[1], previews};
+})()"""
+
+
+async def node_fit(b: br.Browser, node_id: str, selector: str) -> dict:
+    return await b.evaluate(NODE_FIT % (json.dumps(int(node_id)), json.dumps(selector)))
+
+
+def assert_fits(fit: dict, what: str) -> None:
+    assert not fit["outside"], f"{what} reaches outside its node {fit['node']}: {fit['outside']}"
+    assert fit["fits"], f"{what}: the node ({fit['size']}) is smaller than its content ({fit['content']})"
+    assert fit["previews"] == 0, f"{what}: ComfyUI's progress preview is drawn beside the pack's chart"
+
+
 def screenshot_path(server: br.ComfyServer, name: str) -> Path:
     return ARTIFACTS / f"web_{server.front}_{name}.png"
 
@@ -229,10 +262,12 @@ def test_live_chart_and_summary_on_dti_train(server, page, converted):
         await asyncio.sleep(1.0)
         await br.assert_canvas_visible(b)
         shown = await br.element_shows(b, f'[data-dti-chart="{train_id}"]')
+        fit = await node_fit(b, train_id, f'[data-dti-chart="{train_id}"], [data-dti-report="{train_id}"]')
         shot = await b.screenshot(screenshot_path(server, "dti_train_run"))
-        return points, data, shown, shot
+        return points, data, shown, shot, fit
 
-    points, data, shown, shot = page.run(scenario())
+    points, data, shown, shot, fit = page.run(scenario())
+    assert_fits(fit, "DTI Train's chart and summary")
     assert points == "8" and data["step"] == list(range(1, 9))
     assert set(data["norms"]) == {"clip_l", "clip_g"}
     for key in ("clip_l", "clip_g"):
@@ -263,10 +298,12 @@ def test_preview_frame_is_drawn_beside_the_chart(server, page, converted):
         frame = await b.evaluate(f"window.__comfyui_dti.train['{train_id}'].frame.img.naturalWidth")
         await asyncio.sleep(1.0)
         await br.assert_canvas_visible(b)
+        fit = await node_fit(b, train_id, f'[data-dti-chart="{train_id}"], [data-dti-report="{train_id}"]')
         shot = await b.screenshot(screenshot_path(server, "dti_preview"))
-        return width, frame, shot
+        return width, frame, shot, fit
 
-    width, frame, shot = page.run(scenario())
+    width, frame, shot, fit = page.run(scenario())
+    assert_fits(fit, "DTI Train's chart with its preview frame")
     assert frame == 64  # the 64 px frame, sent as a JPEG data URL
     assert width > 420  # the canvas grew by the frame's width: chart and frame side by side
     assert shot.stat().st_size > 20_000
@@ -289,10 +326,13 @@ def test_inspector_report_is_rendered_on_its_node(server, page, converted):
         await asyncio.sleep(1.0)
         await br.assert_canvas_visible(b)
         shown = [await br.element_shows(b, f'[data-dti-report="{i}"]') for i in inspector_ids]
+        fits = [await node_fit(b, i, f'[data-dti-report="{i}"]') for i in inspector_ids]
         await b.screenshot(screenshot_path(server, "dti_inspector_run"))
-        return texts, shown
+        return texts, shown, fits
 
-    (ti_text, dti_text), shown = page.run(scenario())
+    (ti_text, dti_text), shown, fits = page.run(scenario())
+    for i, fit in zip(inspector_ids, fits):
+        assert_fits(fit, f"the report and histogram of Inspector {i}")
     assert "OUT OF distribution" in ti_text and "nearest by cosine" in ti_text
     assert "IN distribution" in dti_text
     assert all(shown), f"a report is hidden or covered: {shown}"
