@@ -229,11 +229,12 @@ def sampler_tail(g: Graph, ckpt: int, positive: tuple[int, int], x: int, y: int,
 TRAIN_NODES = ("DTITrainConcept", "DTITrainOptions")
 
 
-def train_nodes(g: Graph, pos: tuple[int, int], name: str, prompt: str) -> int:
+def train_nodes(g: Graph, pos: tuple[int, int], name: str, prompt: str, options_pos: tuple[int, int]) -> int:
     """DTI Train with a DTI Train Options node (every setting at its default) wired into it."""
     x, y = pos
     train = g.add("DTITrainConcept", (x, y), size=(380, 560), name=name, initializer="dog", prompt=prompt)
-    options = g.add("DTITrainOptions", (x, y + 620), size=(380, 560))
+    # Beside, not below: DTI Train grows when a run adds its chart and summary.
+    options = g.add("DTITrainOptions", options_pos, size=(360, 900))
     g.link(options, 0, train, "options")
     return train
 
@@ -252,7 +253,7 @@ def checkpoint_train_graph(title: str, ckpt_name: str, concept: str, note_text: 
     g = Graph(title)
     ckpt = g.add("CheckpointLoaderSimple", (40, 80), size=(330, 100), ckpt_name=ckpt_name)
     imgs = g.add("LoadImageSetFromFolderNode", (40, 240), size=(330, 90), folder="my_concept", resize_method="None")
-    train = train_nodes(g, (420, 80), concept, "a photo of {} on a beach at sunset")
+    train = train_nodes(g, (420, 80), concept, "a photo of {} on a beach at sunset", options_pos=(40, 660))
     for i, name in enumerate(("model", "clip", "vae")):
         g.link(ckpt, i, train, name)
     g.link(imgs, 0, train, "images")
@@ -262,7 +263,7 @@ def checkpoint_train_graph(title: str, ckpt_name: str, concept: str, note_text: 
     g.link(train, 3, summary, "source")
     sampler_tail(g, ckpt, (train, 1), 850, 80, 1024, 1024, **tail)
     note(g, (40, 380), note_text + "\n\nMore settings (κ, batch, images, captions, checkpoints, saving) are on **DTI Train "
-                                   "Options** below it; -1 means the family default.")
+                                   "Options** beside it; -1 means the family default.")
     return g
 
 
@@ -315,17 +316,18 @@ def build_inspect() -> Graph:
     ti = g.add("DTINormInspector", (420, 40), size=(380, 160), title="Ordinary TI embedding",
                embedding="my_ti_embedding.safetensors", k=8)
     g.link(ckpt, 1, ti, "clip")
-    load = g.add("DTILoadEmbedding", (40, 300), size=(330, 240), embedding="my_concept.safetensors")
+    # The second row starts well below the first: an inspector grows by its report and histogram when it runs.
+    load = g.add("DTILoadEmbedding", (40, 820), size=(330, 240), embedding="my_concept.safetensors")
     g.link(ckpt, 1, load, "clip")
-    dti = g.add("DTINormInspector", (420, 300), size=(380, 160), title="DTI concept", k=8)
+    dti = g.add("DTINormInspector", (420, 820), size=(380, 160), title="DTI concept", k=8)
     g.link(ckpt, 1, dti, "clip")
     g.link(load, 1, dti, "concept")
     for i, node in enumerate((ti, dti)):
-        view = g.add("PreviewImage", (850, 40 + 460 * i), size=(520, 420))
+        view = g.add("PreviewImage", (850, 40 + 780 * i), size=(520, 420))
         g.link(node, 1, view, "images")
-        text = g.add("PreviewAny", (1400, 40 + 460 * i), size=(520, 420))
+        text = g.add("PreviewAny", (1400, 40 + 780 * i), size=(520, 420))
         g.link(node, 0, text, "source")
-    note(g, (40, 600), "**DTI Norm Inspector**: an ordinary TI vector sits far above the vocabulary's norms; its Euclidean "
+    note(g, (40, 220), "**DTI Norm Inspector**: an ordinary TI vector sits far above the vocabulary's norms; its Euclidean "
                        "neighbours are just large tokens, and after the first LayerNorm its position signal is gone. The DTI "
                        "concept sits at m*, keeps its position signal, and its cosine neighbours say what it means.")
     return g
@@ -351,7 +353,7 @@ def build_train_sana() -> Graph:
                   device="cuda", dtype="BF16")
     vae = g.add("ExtraVAELoader", (40, 470), size=(360, 130), vae_name="mit-han-lab/dc-ae-f32c32-sana-1.1-diffusers")
     imgs = g.add("LoadImageSetFromFolderNode", (40, 650), size=(360, 90), folder="my_concept", resize_method="None")
-    train = train_nodes(g, (450, 80), "my_concept_sana", "a photo of {} on a beach at sunset")
+    train = train_nodes(g, (450, 80), "my_concept_sana", "a photo of {} on a beach at sunset", options_pos=(40, 1090))
     g.link(sana, 0, train, "model")
     g.link(gemma, 0, train, "clip")
     g.link(vae, 0, train, "vae")
@@ -374,7 +376,7 @@ def t5_train_graph(title: str, loaders, concept: str, note_text: str, guidance: 
     g = Graph(title)
     model_src, clip_src, vae_src = loaders(g)
     imgs = g.add("LoadImageSetFromFolderNode", (40, 620), size=(360, 90), folder="my_concept", resize_method="None")
-    train = train_nodes(g, (450, 80), concept, "a photo of {} on a beach at sunset")
+    train = train_nodes(g, (450, 80), concept, "a photo of {} on a beach at sunset", options_pos=(40, 1100))
     for (node, slot), name in zip((model_src, clip_src, vae_src), ("model", "clip", "vae")):
         g.link(node, slot, train, name)
     g.link(imgs, 0, train, "images")
