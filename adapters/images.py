@@ -55,7 +55,7 @@ def prepare_examples(
     """Latent examples, the crop size in latent units, and the VAE's downscale factor."""
     if vae is None:
         raise TrainingError("no VAE connected: DTI Train encodes the images with the checkpoint's VAE")
-    down = int(getattr(vae, "downscale_ratio", 8)) if isinstance(getattr(vae, "downscale_ratio", 8), int) else 8
+    down = latent_downscale(vae)
     if mode == "keep size":
         sizes = {tuple(img.shape[:2]) for img in images}
         if len(sizes) > 1:
@@ -91,16 +91,26 @@ def prepare_examples(
     return examples, crop, down
 
 
-def split_captions(text: str, n_images: int) -> list[str | None]:
-    """One caption for all images, one per image (by line), or none (templates)."""
+def latent_downscale(vae) -> int:
+    """Pixels per latent pixel of a VAE (8 where a third-party VAE does not say, or says it per axis)."""
+    ratio = getattr(vae, "downscale_ratio", 8)
+    return ratio if isinstance(ratio, int) else 8
+
+
+def lines_per_image(text: str, n_images: int, what: str, images: str, remedy: str, error: type[Exception],
+                    allow_none: bool = False) -> list[str]:
+    """Non-empty lines of ``text``: one for all images (repeated), one per image, or (with ``allow_none``)
+    none at all ([]); any other count raises ``error`` naming both counts and the remedy."""
     lines = [line.strip() for line in (text or "").splitlines() if line.strip()]
-    if not lines:
-        return [None] * n_images
     if len(lines) == 1:
         return lines * n_images
-    if len(lines) != n_images:
-        raise TrainingError(
-            f"got {len(lines)} caption lines for {n_images} images; give one line per image, a single line for "
-            "all of them, or leave captions empty to use the templates"
-        )
+    if len(lines) != n_images and (lines or not allow_none):
+        raise error(f"got {len(lines)} {what} lines for {n_images} {images}; {remedy}")
     return lines
+
+
+def split_captions(text: str, n_images: int) -> list[str | None]:
+    """One caption for all images, one per image (by line), or none (templates)."""
+    lines = lines_per_image(text, n_images, "caption", "images", "give one line per image, a single line for all of them, "
+                            "or leave captions empty to use the templates", TrainingError, allow_none=True)
+    return lines or [None] * n_images

@@ -20,6 +20,7 @@ import torch
 
 from ..dti.errors import InputError
 from ..dti.settings import TrainSettings
+from .images import latent_downscale
 from .text_encoder import TextEncoder
 
 
@@ -29,11 +30,6 @@ def check_sampler(sampler: str, scheduler: str) -> None:
         raise InputError(f"unknown preview_sampler {sampler!r}; choose one of {', '.join(comfy.samplers.KSampler.SAMPLERS)}")
     if scheduler not in comfy.samplers.KSampler.SCHEDULERS:
         raise InputError(f"unknown preview_scheduler {scheduler!r}; choose one of {', '.join(comfy.samplers.KSampler.SCHEDULERS)}")
-
-
-def latent_downscale(vae) -> int:
-    ratio = getattr(vae, "downscale_ratio", 8)
-    return ratio if isinstance(ratio, int) else 8
 
 
 def empty_latent(model, vae, width: int, height: int) -> torch.Tensor:

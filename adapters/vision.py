@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from ..dti.errors import InputError, UnsupportedModelError
+from .images import lines_per_image
 
 # Models ComfyUI's CLIPVisionLoader builds (comfy/clip_vision.py IMAGE_ENCODERS), by model_type.
 KINDS = {"clip_vision_model": "CLIP", "siglip_vision_model": "SigLIP", "dinov2": "DINOv2"}
@@ -106,13 +107,8 @@ def text_embeds(clip, prompts: list[str]) -> torch.Tensor:
 
 def split_prompts(text: str, n_images: int) -> list[str]:
     """One prompt per generated image (by line), or one line for all."""
-    lines = [line.strip() for line in (text or "").splitlines() if line.strip()]
-    if len(lines) == 1:
-        return lines * n_images
-    if len(lines) != n_images:
-        raise InputError(f"got {len(lines)} prompt lines for {n_images} generated images; give one line per image or a "
-                         "single line for all")
-    return lines
+    return lines_per_image(text, n_images, "prompt", "generated images", "give one line per image or a single line for all",
+                           InputError)
 
 
 @dataclass

@@ -17,10 +17,7 @@ from ..adapters.vision import (
 )
 from ..dti.errors import InputError
 from .api import io, ui
-
-
-def _one(value):
-    return value[0] if isinstance(value, list) else value
+from .types import one
 
 
 class DTIConceptScore(io.ComfyNode):
@@ -59,7 +56,7 @@ class DTIConceptScore(io.ComfyNode):
 
     @classmethod
     def execute(cls, generated, reference, clip_vision, clip=None, prompts=None) -> io.NodeOutput:
-        clip_vision, clip, prompts = _one(clip_vision), _one(clip), _one(prompts) or ""
+        clip_vision, clip, prompts = one(clip_vision), one(clip), one(prompts) or ""
         vision = describe(clip_vision)
         gen, ref = flatten_images(generated), flatten_images(reference)
         gen_embeds = image_embeds(clip_vision, gen)

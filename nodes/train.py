@@ -30,17 +30,11 @@ from ..dti.settings import (
 )
 from . import validation
 from .api import io, ui
-from .types import DTIConcept, text_encoder_input
+from .types import DTIConcept, one, text_encoder_input
 from .types import DTITrainOptions as OptionsSocket
 
 NO_RESUME = "none"
 _D = TrainSettings()  # the defaults the inputs show
-
-
-def _one(value):
-    """DTI Train takes whole lists (is_input_list) so that list-shaped image inputs train once;
-    every other input is a single value wrapped in a list."""
-    return value[0] if isinstance(value, list) else value
 
 
 # -- inputs, one factory per setting (shared by DTI Train, its options node and the legacy node) ------
@@ -282,8 +276,8 @@ class _TrainNode(io.ComfyNode):
 
     @classmethod
     def run(cls, model, clip, vae, images, prompt, values: dict) -> io.NodeOutput:
-        settings = settings_from_inputs({k: _one(v) for k, v in values.items()})
-        return run_training(cls, _one(model), _one(clip), _one(vae), images, settings, _one(prompt), previews=cls.PREVIEWS)
+        settings = settings_from_inputs({k: one(v) for k, v in values.items()})
+        return run_training(cls, one(model), one(clip), one(vae), images, settings, one(prompt), previews=cls.PREVIEWS)
 
 
 class DTITrain(_TrainNode):
@@ -303,7 +297,7 @@ class DTITrain(_TrainNode):
 
     @classmethod
     def execute(cls, model, clip, vae, images, prompt, options=None, **values) -> io.NodeOutput:
-        return cls.run(model, clip, vae, images, prompt, {**(_one(options) or {}), **values})
+        return cls.run(model, clip, vae, images, prompt, {**(one(options) or {}), **values})
 
 
 class DTITrainLegacy(_TrainNode):
@@ -340,7 +334,7 @@ class DTITrainLegacy(_TrainNode):
 
     @classmethod
     def execute(cls, model, clip, vae, images, prompt, **values) -> io.NodeOutput:
-        values = {k: _one(v) for k, v in values.items()}
+        values = {k: one(v) for k, v in values.items()}
         for key in cls.LEGACY_ZERO_IS_DEFAULT:
             if values.get(key) == 0:
                 values[key] = DEFAULT

@@ -12,6 +12,12 @@ DTITrainOptions = io.Custom("DTI_TRAIN_OPTIONS")
 Gemma = io.Custom("GEMMA")
 
 
+def one(value):
+    """An input's value on a node with is_input_list=True, which receives every input as a list; only the
+    list-shaped inputs (images) are used whole."""
+    return value[0] if isinstance(value, list) else value
+
+
 def text_encoder_input(tooltip: str, optional: bool = False) -> io.MultiType.Input:
     """The text-encoder socket of every DTI node: ComfyUI's CLIP, or a GEMMA for SANA."""
     return io.MultiType.Input("clip", types=[io.Clip, Gemma], optional=optional,
